@@ -1,0 +1,1 @@
+//! mixq-calibration: sample text to token batches, activation observers (per-channel second moments, Hessians).

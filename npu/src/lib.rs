@@ -1,0 +1,1 @@
+//! mixq-npu: XDNA detection, the Phoenix NPU tiling plan, functional executor and timing model.

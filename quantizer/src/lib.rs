@@ -1,0 +1,1 @@
+//! mixq-quantizer: recipes, quantization algorithms, quality evaluation and the retention report.

@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("mixq-quantize: not built yet (see issue: the .mixq format and mixq-quantize)")
+}
