@@ -4,10 +4,12 @@
 //! - [`checkpoint`]: the Hugging Face checkpoint reader (safetensors, memory-mapped).
 //! - [`tokenizer`]: tokenizer.json loading.
 
+pub mod bytes;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod tokenizer;
 
+pub use bytes::SharedBytes;
 pub use config::{Gemma3Config, LayerKind};
 pub use error::{FormatError, Result};
