@@ -1,0 +1,85 @@
+# mixq: convert a Hugging Face Gemma 3 checkpoint to .mixq and run it.
+#
+#   make demo   fetch the test model, build, generate a few tokens
+#   make test   fetch the test model, run the whole test suite (what CI runs)
+#
+# Downloads, venvs, the converted test model and cargo's target directory live in
+# $(MIXQ_CACHE) (default ~/.cache/mixq), so a fresh clone on the same machine is fast.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+MIXQ_CACHE ?= $(HOME)/.cache/mixq
+export MIXQ_CACHE
+export CARGO_TARGET_DIR ?= $(MIXQ_CACHE)/target
+
+PYTHON ?= python3
+VENV := $(MIXQ_CACHE)/venv
+VENV_REF := $(MIXQ_CACHE)/venv-ref
+# Debian packages the project needs; other parts of the build append to this list.
+APT_PACKAGES ?= python3-venv
+
+MODEL := models/gemma-3-270m
+MIXQ_RUN := $(CARGO_TARGET_DIR)/release/mixq-run
+
+.PHONY: help setup apt-packages venv test-model build test demo golden-env golden clean
+
+help:
+	@echo "make demo        fetch the test model, build, run mixq-run generate"
+	@echo "make test        fetch the test model, cargo test --workspace (CI runs this)"
+	@echo "make build       cargo build --release --workspace"
+	@echo "make test-model  fetch + verify + convert Gemma 3 270M into $(MODEL), sample text into models/data"
+	@echo "make setup       apt packages ($(APT_PACKAGES)) and the converter venv"
+	@echo "make golden-env  torch + transformers venv for scripts/make_golden.py (~3 GB, not CI)"
+	@echo "make golden      regenerate tests/golden/*.json with transformers (not CI)"
+	@echo "make clean       remove models/ links and cargo's target directory"
+
+setup: apt-packages venv
+
+# Fast when everything is installed: one dpkg-query, no apt-get.
+apt-packages:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+	  echo "[setup] apt-get install$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+# The venv is rebuilt only when scripts/requirements-convert.txt changes.
+venv:
+	@if ! cmp -s scripts/requirements-convert.txt $(VENV)/.mixq-requirements; then \
+	  echo "[setup] creating $(VENV) (gguf + numpy, pinned in scripts/requirements-convert.txt)"; \
+	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV) && \
+	  $(VENV)/bin/pip install --disable-pip-version-check -q -r scripts/requirements-convert.txt && \
+	  cp scripts/requirements-convert.txt $(VENV)/.mixq-requirements; \
+	fi
+
+test-model: setup
+	@$(PYTHON) scripts/fetch_test_model.py --python $(VENV)/bin/python
+
+build:
+	cargo build --release --workspace
+
+test: setup test-model
+	cargo test --workspace
+
+demo: setup test-model build
+	$(MIXQ_RUN) generate --model $(MODEL) --prompt "The capital of France is" --max-tokens 32 --temperature 0
+
+golden-env:
+	@if ! cmp -s scripts/requirements-ref.txt $(VENV_REF)/.mixq-requirements; then \
+	  echo "[golden-env] creating $(VENV_REF) (torch + transformers, ~3 GB download, a few minutes)"; \
+	  rm -rf $(VENV_REF) && $(PYTHON) -m venv $(VENV_REF) && \
+	  $(VENV_REF)/bin/pip install --disable-pip-version-check -q -r scripts/requirements-ref.txt && \
+	  cp scripts/requirements-ref.txt $(VENV_REF)/.mixq-requirements; \
+	fi
+
+golden: test-model golden-env
+	$(VENV_REF)/bin/python scripts/make_golden.py --model $(MODEL) --eval models/data/eval.txt --out tests/golden
+
+clean:
+	rm -rf models/gemma-3-270m models/data
+	rm -rf $(CARGO_TARGET_DIR)
