@@ -8,6 +8,8 @@ pub mod bytes;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod mixq;
+pub mod quant;
 pub mod tokenizer;
 
 pub use bytes::SharedBytes;
