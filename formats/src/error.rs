@@ -25,6 +25,24 @@ pub enum FormatError {
     Tensor { name: String, problem: String },
     #[error("{path}: tokenizer: {problem}")]
     Tokenizer { path: PathBuf, problem: String },
+    /// A tensor the Gemma 3 text model needs is absent (after prefix canonicalisation).
+    #[error("{path}: missing tensor `{name}` (needed by the Gemma 3 text model)")]
+    MissingTensor { path: PathBuf, name: String },
+    /// A tensor's stored shape disagrees with the one config.json implies.
+    #[error("{path}: {name}: shape {found:?} but config implies {expected:?}")]
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    /// The tensor is stored in a dtype the reader does not convert.
+    #[error("{path}: tensor `{name}` has dtype {dtype}; only BF16, F16 and F32 are supported")]
+    UnsupportedDtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, FormatError>;
