@@ -1,0 +1,89 @@
+//! The few operations Gemma 3 needs, as a trait every device implements.
+//!
+//! This is deliberately not a graph compiler: the model in `model/gemma3.rs` calls these ops in
+//! order, eagerly. A GPU backend records them into its command buffer and only waits when the
+//! host reads a buffer back ([`Backend::download`] / [`Backend::top_k`]), so one decode step is
+//! one submission. Activations are f32 everywhere: Gemma 3's residual stream overflows f16.
+//!
+//! Shapes: a `Buf` holding `n` rows of width `d` is row-major `[n, d]`. Weights are `[rows, cols]`
+//! row-major (HF `[out_features, in_features]`) and `matmul` computes `out[n, rows] = x[n, cols] · Wᵀ`.
+
+pub mod cpu;
+
+use crate::weights::WeightSource;
+use anyhow::Result;
+
+/// Rotary embedding of one batch: token `i` of the batch sits at position `pos0 + i`.
+#[derive(Debug, Clone, Copy)]
+pub struct RopeParams {
+    pub heads: usize,
+    pub head_dim: usize,
+    pub pos0: usize,
+    pub base: f32,
+    /// Linear scaling: positions are divided by this factor (1.0 = none).
+    pub scale: f32,
+}
+
+/// Causal attention of `n` new tokens at positions `pos0..pos0 + n` over the cache plus themselves.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnParams {
+    pub n: usize,
+    pub pos0: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Sliding-window layers: a query at position p sees keys at p - window + 1 ..= p.
+    pub window: Option<usize>,
+    /// Multiplier of q·k (Gemma 3: query_pre_attn_scalar^-0.5).
+    pub scale: f32,
+    pub softcap: Option<f32>,
+}
+
+pub trait Backend: Send + Sync {
+    /// An f32 activation buffer resident on the device.
+    type Buf;
+    /// A weight bound to the device (quantized or float; the backend picks its kernel).
+    type Weight;
+    /// One layer's KV cache.
+    type Kv;
+
+    /// One line for logs and `devices`.
+    fn describe(&self) -> String;
+
+    fn load_weight(&self, w: &WeightSource) -> Result<Self::Weight>;
+    fn alloc(&self, len: usize) -> Self::Buf;
+    fn upload(&self, data: &[f32], buf: &mut Self::Buf);
+    /// Reads the first `len` values back to the host (a synchronisation point).
+    fn download(&self, buf: &Self::Buf, len: usize) -> Vec<f32>;
+    /// A cache for `kv_dim` values per position per tensor (K and V). `window` makes it a ring
+    /// buffer of that many positions, so memory stays bounded at any context length.
+    fn new_kv(&self, kv_dim: usize, window: Option<usize>) -> Self::Kv;
+    /// Forgets positions `>= len` (chat rewinds to a shared prefix).
+    fn truncate_kv(&self, kv: &mut Self::Kv, len: usize);
+
+    /// `out[i] = table[ids[i]] * scale`.
+    fn embed(&self, table: &Self::Weight, ids: &[u32], scale: f32, out: &mut Self::Buf);
+    /// In place over `rows` rows of width `w.len()`: `x / sqrt(mean(x²) + eps) * (1 + w)`.
+    fn rms_norm(&self, x: &mut Self::Buf, w: &Self::Weight, rows: usize, eps: f32);
+    fn matmul(&self, w: &Self::Weight, x: &Self::Buf, n: usize, out: &mut Self::Buf);
+    /// NEOX-style (rotate-half) RoPE in place on `[n, heads, head_dim]`.
+    fn rope(&self, x: &mut Self::Buf, n: usize, p: RopeParams);
+    /// Appends `k`, `v` (`[n, kv_heads * head_dim]`) to the cache and writes `[n, heads * head_dim]`.
+    fn attention(
+        &self,
+        kv: &mut Self::Kv,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &mut Self::Buf,
+        p: AttnParams,
+    );
+    /// `gate[i] = gelu_tanh(gate[i]) * up[i]` for the first `len` values.
+    fn gelu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize);
+    /// `x[i] += y[i]` for the first `len` values.
+    fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize);
+    /// Copies `len` values from `src[src_offset..]` to the start of `dst`.
+    fn copy(&self, src: &Self::Buf, src_offset: usize, dst: &mut Self::Buf, len: usize);
+    /// The `k` largest of the first `len` values, as (index, value), largest first.
+    fn top_k(&self, x: &Self::Buf, len: usize, k: usize) -> Vec<(u32, f32)>;
+}

@@ -1,0 +1,305 @@
+//! Gemma 3 text model: one forward pass, top to bottom, for every backend and weight type.
+//!
+//! Gemma 3 quirks, stated where they act:
+//! - the embedding is multiplied by sqrt(hidden), rounded to the checkpoint dtype as HF does;
+//! - RMSNorm scales by (1 + w), and there are four per layer ("sandwich" norms);
+//! - q and k are RMS-normalised per head before RoPE;
+//! - local (sliding-window) and global layers interleave, each with its own RoPE base;
+//! - scores are scaled by query_pre_attn_scalar^-0.5, not head_dim^-0.5;
+//! - the FFN is GELU(tanh)-gated; lm_head is the embedding (tied).
+
+use crate::backend::{AttnParams, Backend, RopeParams};
+use crate::weights::WeightStore;
+use anyhow::{bail, Result};
+use mixq_format::{Gemma3Config, LayerKind};
+
+struct Layer<W> {
+    kind: LayerKind,
+    input_layernorm: W,
+    q_proj: W,
+    k_proj: W,
+    v_proj: W,
+    q_norm: W,
+    k_norm: W,
+    o_proj: W,
+    post_attention_layernorm: W,
+    pre_feedforward_layernorm: W,
+    gate_proj: W,
+    up_proj: W,
+    down_proj: W,
+    post_feedforward_layernorm: W,
+}
+
+pub struct Gemma3<B: Backend> {
+    pub config: Gemma3Config,
+    pub backend: B,
+    embed_tokens: B::Weight,
+    /// Untied checkpoints only; Gemma 3 ties lm_head to the embedding.
+    lm_head: Option<B::Weight>,
+    layers: Vec<Layer<B::Weight>>,
+    norm: B::Weight,
+}
+
+/// The state of one sequence: its KV caches and how many positions they hold.
+pub struct Session<B: Backend> {
+    kv: Vec<B::Kv>,
+    pub pos: usize,
+}
+
+/// Activation buffers for a batch of up to `cap` tokens, reused across calls.
+struct Scratch<B: Backend> {
+    cap: usize,
+    x: B::Buf,    // (n, hidden) residual stream
+    a: B::Buf,    // (n, hidden) normed input / sublayer output
+    q: B::Buf,    // (n, heads * head_dim)
+    k: B::Buf,    // (n, kv_heads * head_dim)
+    v: B::Buf,    // (n, kv_heads * head_dim)
+    attn: B::Buf, // (n, heads * head_dim)
+    gate: B::Buf, // (n, intermediate)
+    up: B::Buf,   // (n, intermediate)
+}
+
+/// Which positions of a batch need logits.
+pub enum Logits {
+    /// Only the last position (generation).
+    Last,
+    /// Every position (scoring, perplexity, golden tests); rows are delivered to the callback.
+    All,
+}
+
+/// Largest batch pushed through the layers at once: bounds scratch memory on long prompts.
+pub const MAX_BATCH: usize = 256;
+/// Rows of logits computed together when every position needs them (32 x 262k x 4 B = 32 MiB).
+const LOGIT_ROWS: usize = 32;
+
+impl<B: Backend> Gemma3<B> {
+    pub fn load(store: &dyn WeightStore, backend: B) -> Result<Self> {
+        let config = store.config().clone();
+        let w = |name: String| -> Result<B::Weight> { backend.load_weight(&store.weight(&name)?) };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for (i, &kind) in config.layer_types.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                kind,
+                input_layernorm: w(format!("{p}.input_layernorm.weight"))?,
+                q_proj: w(format!("{p}.self_attn.q_proj.weight"))?,
+                k_proj: w(format!("{p}.self_attn.k_proj.weight"))?,
+                v_proj: w(format!("{p}.self_attn.v_proj.weight"))?,
+                q_norm: w(format!("{p}.self_attn.q_norm.weight"))?,
+                k_norm: w(format!("{p}.self_attn.k_norm.weight"))?,
+                o_proj: w(format!("{p}.self_attn.o_proj.weight"))?,
+                post_attention_layernorm: w(format!("{p}.post_attention_layernorm.weight"))?,
+                pre_feedforward_layernorm: w(format!("{p}.pre_feedforward_layernorm.weight"))?,
+                gate_proj: w(format!("{p}.mlp.gate_proj.weight"))?,
+                up_proj: w(format!("{p}.mlp.up_proj.weight"))?,
+                down_proj: w(format!("{p}.mlp.down_proj.weight"))?,
+                post_feedforward_layernorm: w(format!("{p}.post_feedforward_layernorm.weight"))?,
+            });
+        }
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(w("lm_head.weight".into())?)
+        };
+        Ok(Gemma3 {
+            embed_tokens: w("model.embed_tokens.weight".into())?,
+            norm: w("model.norm.weight".into())?,
+            lm_head,
+            layers,
+            config,
+            backend,
+        })
+    }
+
+    pub fn backend_describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    pub fn new_session(&self) -> Session<B> {
+        let c = &self.config;
+        let kv = self
+            .layers
+            .iter()
+            .map(|l| {
+                let window = (l.kind == LayerKind::Sliding).then_some(c.sliding_window);
+                self.backend.new_kv(c.kv_dim(), window)
+            })
+            .collect();
+        Session { kv, pos: 0 }
+    }
+
+    /// Rewinds a session to its first `len` positions (chat reuses a shared prefix).
+    pub fn truncate(&self, s: &mut Session<B>, len: usize) {
+        for kv in &mut s.kv {
+            self.backend.truncate_kv(kv, len);
+        }
+        s.pos = s.pos.min(len);
+    }
+
+    fn scratch(&self, cap: usize) -> Scratch<B> {
+        let c = &self.config;
+        let be = &self.backend;
+        Scratch {
+            cap,
+            x: be.alloc(cap * c.hidden_size),
+            a: be.alloc(cap * c.hidden_size),
+            q: be.alloc(cap * c.q_dim()),
+            k: be.alloc(cap * c.kv_dim()),
+            v: be.alloc(cap * c.kv_dim()),
+            attn: be.alloc(cap * c.q_dim()),
+            gate: be.alloc(cap * c.intermediate_size),
+            up: be.alloc(cap * c.intermediate_size),
+        }
+    }
+
+    /// Runs `ids` through the model after the session's cached positions and returns the logits
+    /// of the last position. With [`Logits::All`], `on_row(position_index, logits)` also sees
+    /// every position's logits, in order.
+    pub fn forward(
+        &self,
+        s: &mut Session<B>,
+        ids: &[u32],
+        which: Logits,
+        mut on_row: impl FnMut(usize, &[f32]),
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        if ids.is_empty() {
+            bail!("forward: no tokens");
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+            bail!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                c.vocab_size
+            );
+        }
+        if s.pos + ids.len() > c.max_position_embeddings {
+            bail!(
+                "context full: {} + {} tokens exceed the model's {} positions",
+                s.pos,
+                ids.len(),
+                c.max_position_embeddings
+            );
+        }
+        let mut scratch = self.scratch(ids.len().min(MAX_BATCH));
+        let mut last = Vec::new();
+        let mut done = 0;
+        for chunk in ids.chunks(MAX_BATCH) {
+            self.layers_forward(s, chunk, &mut scratch);
+            let n = chunk.len();
+            let first = match which {
+                Logits::Last => n - 1,
+                Logits::All => 0,
+            };
+            // The lm_head reads the whole embedding table: batch rows so it is read once per batch.
+            for r0 in (first..n).step_by(LOGIT_ROWS) {
+                let count = LOGIT_ROWS.min(n - r0);
+                let logits = self.logits_of_rows(&scratch.x, r0, count);
+                for (i, row) in logits.chunks_exact(c.vocab_size).enumerate() {
+                    on_row(done + r0 + i, row);
+                }
+                last = logits[(count - 1) * c.vocab_size..].to_vec();
+            }
+            done += chunk.len();
+        }
+        Ok(last)
+    }
+
+    /// The decoder stack on one batch; leaves the final residual stream in `scratch.x`.
+    fn layers_forward(&self, s: &mut Session<B>, ids: &[u32], b: &mut Scratch<B>) {
+        let c = &self.config;
+        let be = &self.backend;
+        let n = ids.len();
+        debug_assert!(n <= b.cap);
+        let (hd, heads, kv_heads) = (c.head_dim, c.num_attention_heads, c.num_key_value_heads);
+
+        // Embedding, scaled by sqrt(hidden) in the checkpoint's dtype.       x: (n, hidden)
+        be.embed(&self.embed_tokens, ids, c.embedding_scale(), &mut b.x);
+
+        for (layer, kv) in self.layers.iter().zip(&mut s.kv) {
+            let (base, rope_scale, window) = match layer.kind {
+                LayerKind::Sliding => (c.rope_local_base_freq, 1.0, Some(c.sliding_window)),
+                LayerKind::Full => (c.rope_theta, c.rope_scaling_factor, None),
+            };
+
+            // Attention block: pre-norm.                                     a: (n, hidden)
+            be.copy(&b.x, 0, &mut b.a, n * c.hidden_size);
+            be.rms_norm(&mut b.a, &layer.input_layernorm, n, c.rms_norm_eps);
+            // Projections.                          q: (n, heads*hd), k, v: (n, kv_heads*hd)
+            be.matmul(&layer.q_proj, &b.a, n, &mut b.q);
+            be.matmul(&layer.k_proj, &b.a, n, &mut b.k);
+            be.matmul(&layer.v_proj, &b.a, n, &mut b.v);
+            // QK-norm over each head's head_dim values, before RoPE.
+            be.rms_norm(&mut b.q, &layer.q_norm, n * heads, c.rms_norm_eps);
+            be.rms_norm(&mut b.k, &layer.k_norm, n * kv_heads, c.rms_norm_eps);
+            // RoPE: local base on sliding layers, global base (+ linear scaling) on full layers.
+            let rope = |heads| RopeParams {
+                heads,
+                head_dim: hd,
+                pos0: s.pos,
+                base,
+                scale: rope_scale,
+            };
+            be.rope(&mut b.q, n, rope(heads));
+            be.rope(&mut b.k, n, rope(kv_heads));
+            // Causal GQA attention over cache + batch; sliding layers see the last `window` keys.
+            let attn = AttnParams {
+                n,
+                pos0: s.pos,
+                heads,
+                kv_heads,
+                head_dim: hd,
+                window,
+                scale: c.query_pre_attn_scalar.powf(-0.5),
+                softcap: c.attn_logit_softcapping,
+            };
+            be.attention(kv, &b.q, &b.k, &b.v, &mut b.attn, attn);
+            // Output projection, post-attention norm, residual.              a: (n, hidden)
+            be.matmul(&layer.o_proj, &b.attn, n, &mut b.a);
+            be.rms_norm(&mut b.a, &layer.post_attention_layernorm, n, c.rms_norm_eps);
+            be.add(&mut b.x, &b.a, n * c.hidden_size);
+
+            // FFN block: pre-norm, GELU(tanh)-gated, post-norm, residual.  gate, up: (n, inter)
+            be.copy(&b.x, 0, &mut b.a, n * c.hidden_size);
+            be.rms_norm(
+                &mut b.a,
+                &layer.pre_feedforward_layernorm,
+                n,
+                c.rms_norm_eps,
+            );
+            be.matmul(&layer.gate_proj, &b.a, n, &mut b.gate);
+            be.matmul(&layer.up_proj, &b.a, n, &mut b.up);
+            be.gelu_mul(&mut b.gate, &b.up, n * c.intermediate_size);
+            be.matmul(&layer.down_proj, &b.gate, n, &mut b.a);
+            be.rms_norm(
+                &mut b.a,
+                &layer.post_feedforward_layernorm,
+                n,
+                c.rms_norm_eps,
+            );
+            be.add(&mut b.x, &b.a, n * c.hidden_size);
+        }
+        s.pos += n;
+    }
+
+    /// Final norm and lm_head (the tied embedding) for `count` rows of the residual stream
+    /// starting at row `r0`.                                               (count, vocab)
+    fn logits_of_rows(&self, x: &B::Buf, r0: usize, count: usize) -> Vec<f32> {
+        let c = &self.config;
+        let be = &self.backend;
+        let mut h = be.alloc(count * c.hidden_size);
+        be.copy(x, r0 * c.hidden_size, &mut h, count * c.hidden_size);
+        be.rms_norm(&mut h, &self.norm, count, c.rms_norm_eps);
+        let mut logits = be.alloc(count * c.vocab_size);
+        be.matmul(
+            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
+            &h,
+            count,
+            &mut logits,
+        );
+        let mut out = be.download(&logits, count * c.vocab_size);
+        if let Some(cap) = c.final_logit_softcapping {
+            out.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
+        }
+        out
+    }
+}

@@ -1,0 +1,2 @@
+//! The model: one Gemma 3 forward pass over any backend.
+pub mod gemma3;
