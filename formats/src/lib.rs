@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod mixq;
+pub mod profile;
 pub mod quant;
 pub mod tokenizer;
 
