@@ -3,25 +3,35 @@
 
 use anyhow::{bail, Context, Result};
 use mixq_format::checkpoint::{DType, HfCheckpoint};
+use mixq_format::quant::{QType, Transform};
 use mixq_format::{Gemma3Config, SharedBytes};
 use std::path::Path;
 
-/// How a tensor's bytes encode its values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightFormat {
-    F32,
-    F16,
-    BF16,
-}
-
-/// One stored tensor: `rows x cols` values (1-D tensors are one row).
+/// One stored tensor: `rows x cols` values (1-D tensors are one row), encoded as `qtype`
+/// (formats/SPEC.md), possibly stored rotated (`transform`).
 #[derive(Debug, Clone)]
 pub struct WeightSource {
     pub name: String,
-    pub format: WeightFormat,
+    pub qtype: QType,
     pub rows: usize,
     pub cols: usize,
     pub bytes: SharedBytes,
+    pub transform: Transform,
+}
+
+impl WeightSource {
+    /// An f32 tensor held in memory (the quantizer's layer-at-a-time weights).
+    pub fn from_f32(name: &str, rows: usize, cols: usize, values: &[f32]) -> Self {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        WeightSource {
+            name: name.to_string(),
+            qtype: QType::F32,
+            rows,
+            cols,
+            bytes: SharedBytes::from_vec(bytes),
+            transform: Transform::None,
+        }
+    }
 }
 
 /// A model file the runtime can run.
@@ -41,10 +51,10 @@ impl WeightStore for HfCheckpoint {
 
     fn weight(&self, name: &str) -> Result<WeightSource> {
         let t = self.tensor(name)?;
-        let format = match t.dtype {
-            DType::F32 => WeightFormat::F32,
-            DType::F16 => WeightFormat::F16,
-            DType::BF16 => WeightFormat::BF16,
+        let qtype = match t.dtype {
+            DType::F32 => QType::F32,
+            DType::F16 => QType::F16,
+            DType::BF16 => QType::BF16,
         };
         let (rows, cols) = match t.shape.as_slice() {
             [c] => (1, *c),
@@ -53,10 +63,11 @@ impl WeightStore for HfCheckpoint {
         };
         Ok(WeightSource {
             name: name.to_string(),
-            format,
+            qtype,
             rows,
             cols,
             bytes: SharedBytes::from_vec(t.data.to_vec()),
+            transform: Transform::None,
         })
     }
 

@@ -4,10 +4,13 @@
 //! plain loops the compiler vectorises over hand-written intrinsics.
 
 use super::{AttnParams, Backend, RopeParams};
-use crate::weights::{WeightFormat, WeightSource};
-use anyhow::{bail, Result};
+use crate::weights::WeightSource;
+use anyhow::{anyhow, bail, Result};
+use mixq_format::quant::hadamard::apply_hadamard_with_signs;
+use mixq_format::quant::{dequantize_row, hadamard_signs, QType, Transform};
 use mixq_format::SharedBytes;
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 pub struct CpuBackend {
     threads: usize,
@@ -31,52 +34,63 @@ impl CpuBackend {
 }
 
 pub struct CpuWeight {
-    format: WeightFormat,
+    qtype: QType,
     rows: usize,
     cols: usize,
+    row_bytes: usize,
     bytes: SharedBytes,
     /// 1-D tensors (norm weights) are decoded once: they are tiny and read on every row.
     vector: Option<Vec<f32>>,
+    /// Signs and block of the Hadamard rotation the input undergoes (rotated tensors only).
+    rotation: Option<(Vec<f32>, usize)>,
 }
 
 impl CpuWeight {
     fn row_into(&self, r: usize, out: &mut [f32]) {
-        let c = self.cols;
         decode(
-            self.format,
-            &self.bytes[r * c * self.format.size()..(r + 1) * c * self.format.size()],
+            self.qtype,
+            &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes],
             out,
         );
     }
-}
 
-impl WeightFormat {
-    pub fn size(self) -> usize {
-        match self {
-            WeightFormat::F32 => 4,
-            WeightFormat::F16 | WeightFormat::BF16 => 2,
+    /// The activations this weight multiplies: rotated by H when the tensor is stored as W·H.
+    fn input<'x>(&self, x: &'x [f32]) -> Cow<'x, [f32]> {
+        match &self.rotation {
+            None => Cow::Borrowed(x),
+            Some((signs, block)) => {
+                let mut r = x.to_vec();
+                for row in r.chunks_exact_mut(self.cols) {
+                    apply_hadamard_with_signs(row, signs, *block);
+                }
+                Cow::Owned(r)
+            }
         }
     }
 }
 
-fn decode(format: WeightFormat, bytes: &[u8], out: &mut [f32]) {
-    match format {
-        WeightFormat::F32 => {
+/// Decodes one stored row to f32: float types widen exactly, quantized types go through the
+/// format's reference dequantisation (the SIMD kernels are checked against it).
+fn decode(qtype: QType, bytes: &[u8], out: &mut [f32]) {
+    match qtype {
+        QType::F32 => {
             for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
                 *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
             }
         }
         // bf16 is the top half of an f32: widening is a shift, exact.
-        WeightFormat::BF16 => {
+        QType::BF16 => {
             for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
                 *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
             }
         }
-        WeightFormat::F16 => {
+        QType::F16 => {
             for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
                 *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
             }
         }
+        // Sizes were validated at load, so the reference decoder cannot fail here.
+        q => dequantize_row(q, bytes, out).expect("row size validated at load"),
     }
 }
 
@@ -140,32 +154,40 @@ impl Backend for CpuBackend {
     }
 
     fn load_weight(&self, w: &WeightSource) -> Result<CpuWeight> {
-        let need = w
-            .rows
-            .checked_mul(w.cols)
-            .and_then(|n| n.checked_mul(w.format.size()));
-        if need != Some(w.bytes.len()) {
+        let row_bytes = w.qtype.row_bytes(w.cols)?;
+        if w.rows.checked_mul(row_bytes) != Some(w.bytes.len()) {
             bail!(
-                "tensor `{}`: {} bytes, but {}x{} {:?} needs {:?}",
+                "tensor `{}`: {} bytes, but {}x{} {} needs {}x{row_bytes}",
                 w.name,
                 w.bytes.len(),
                 w.rows,
                 w.cols,
-                w.format,
-                need
+                w.qtype.name(),
+                w.rows
             );
         }
+        let rotation = match w.transform {
+            Transform::None => None,
+            Transform::BlockHadamard { block, seed } => {
+                w.transform
+                    .check(w.cols)
+                    .map_err(|e| anyhow!("tensor `{}`: {e}", w.name))?;
+                Some((hadamard_signs(w.cols, seed), block as usize))
+            }
+        };
         let vector = (w.rows == 1).then(|| {
             let mut v = vec![0.0; w.cols];
-            decode(w.format, &w.bytes, &mut v);
+            decode(w.qtype, &w.bytes, &mut v);
             v
         });
         Ok(CpuWeight {
-            format: w.format,
+            qtype: w.qtype,
             rows: w.rows,
             cols: w.cols,
+            row_bytes,
             bytes: w.bytes.clone(),
             vector,
+            rotation,
         })
     }
 
@@ -222,7 +244,8 @@ impl Backend for CpuBackend {
 
     fn matmul(&self, w: &CpuWeight, x: &Vec<f32>, n: usize, out: &mut Vec<f32>) {
         let (rows, cols) = (w.rows, w.cols);
-        let x = &x[..n * cols];
+        let x = w.input(&x[..n * cols]);
+        let x = &x[..];
         if n == 1 {
             out[..rows].par_chunks_mut(64).enumerate().for_each_init(
                 || vec![0.0; cols],
@@ -412,14 +435,7 @@ mod tests {
     use super::*;
 
     fn weight(rows: usize, cols: usize, vals: &[f32]) -> CpuWeight {
-        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let src = WeightSource {
-            name: "w".into(),
-            format: WeightFormat::F32,
-            rows,
-            cols,
-            bytes: SharedBytes::from_vec(bytes),
-        };
+        let src = WeightSource::from_f32("w", rows, cols, vals);
         CpuBackend::new(Some(2)).unwrap().load_weight(&src).unwrap()
     }
 
@@ -452,7 +468,7 @@ mod tests {
             .flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes())
             .collect();
         let mut out = [0.0; 4];
-        decode(WeightFormat::BF16, &bytes, &mut out);
+        decode(QType::BF16, &bytes, &mut out);
         for (o, v) in out.iter().zip(vals) {
             assert_eq!(*o, half::bf16::from_f32(v).to_f32());
         }

@@ -13,21 +13,74 @@ use crate::weights::WeightStore;
 use anyhow::{bail, Result};
 use mixq_format::{Gemma3Config, LayerKind};
 
-struct Layer<W> {
-    kind: LayerKind,
-    input_layernorm: W,
-    q_proj: W,
-    k_proj: W,
-    v_proj: W,
-    q_norm: W,
-    k_norm: W,
-    o_proj: W,
-    post_attention_layernorm: W,
-    pre_feedforward_layernorm: W,
-    gate_proj: W,
-    up_proj: W,
-    down_proj: W,
-    post_feedforward_layernorm: W,
+/// One decoder layer's weights, by their HF names.
+pub struct Layer<W> {
+    pub kind: LayerKind,
+    pub input_layernorm: W,
+    pub q_proj: W,
+    pub k_proj: W,
+    pub v_proj: W,
+    pub q_norm: W,
+    pub k_norm: W,
+    pub o_proj: W,
+    pub post_attention_layernorm: W,
+    pub pre_feedforward_layernorm: W,
+    pub gate_proj: W,
+    pub up_proj: W,
+    pub down_proj: W,
+    pub post_feedforward_layernorm: W,
+}
+
+/// The linear-layer suffixes of a decoder layer, in the order they run.
+pub const LINEARS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+impl<W> Layer<W> {
+    /// Loads layer `i` (`model.layers.{i}.*`) through `load`, which maps a full tensor name to
+    /// a bound weight.
+    pub fn load(
+        i: usize,
+        kind: LayerKind,
+        mut load: impl FnMut(String) -> Result<W>,
+    ) -> Result<Self> {
+        let p = format!("model.layers.{i}");
+        Ok(Layer {
+            kind,
+            input_layernorm: load(format!("{p}.input_layernorm.weight"))?,
+            q_proj: load(format!("{p}.self_attn.q_proj.weight"))?,
+            k_proj: load(format!("{p}.self_attn.k_proj.weight"))?,
+            v_proj: load(format!("{p}.self_attn.v_proj.weight"))?,
+            q_norm: load(format!("{p}.self_attn.q_norm.weight"))?,
+            k_norm: load(format!("{p}.self_attn.k_norm.weight"))?,
+            o_proj: load(format!("{p}.self_attn.o_proj.weight"))?,
+            post_attention_layernorm: load(format!("{p}.post_attention_layernorm.weight"))?,
+            pre_feedforward_layernorm: load(format!("{p}.pre_feedforward_layernorm.weight"))?,
+            gate_proj: load(format!("{p}.mlp.gate_proj.weight"))?,
+            up_proj: load(format!("{p}.mlp.up_proj.weight"))?,
+            down_proj: load(format!("{p}.mlp.down_proj.weight"))?,
+            post_feedforward_layernorm: load(format!("{p}.post_feedforward_layernorm.weight"))?,
+        })
+    }
+}
+
+/// The activations that feed a layer's linear layers: what calibration observes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// Input of q/k/v_proj: the input-normed residual stream.   (n, hidden)
+    AttnInput,
+    /// Input of o_proj: the concatenated attention heads.       (n, heads * head_dim)
+    AttnOutput,
+    /// Input of gate/up_proj: the pre-FFN-normed residual.      (n, hidden)
+    FfnInput,
+    /// Input of down_proj: gelu(gate) * up.                     (n, intermediate)
+    FfnHidden,
 }
 
 pub struct Gemma3<B: Backend> {
@@ -47,16 +100,32 @@ pub struct Session<B: Backend> {
 }
 
 /// Activation buffers for a batch of up to `cap` tokens, reused across calls.
-struct Scratch<B: Backend> {
-    cap: usize,
-    x: B::Buf,    // (n, hidden) residual stream
-    a: B::Buf,    // (n, hidden) normed input / sublayer output
-    q: B::Buf,    // (n, heads * head_dim)
-    k: B::Buf,    // (n, kv_heads * head_dim)
-    v: B::Buf,    // (n, kv_heads * head_dim)
-    attn: B::Buf, // (n, heads * head_dim)
-    gate: B::Buf, // (n, intermediate)
-    up: B::Buf,   // (n, intermediate)
+pub struct Activations<B: Backend> {
+    pub cap: usize,
+    pub x: B::Buf,    // (n, hidden) residual stream
+    pub a: B::Buf,    // (n, hidden) normed input / sublayer output
+    pub q: B::Buf,    // (n, heads * head_dim)
+    pub k: B::Buf,    // (n, kv_heads * head_dim)
+    pub v: B::Buf,    // (n, kv_heads * head_dim)
+    pub attn: B::Buf, // (n, heads * head_dim)
+    pub gate: B::Buf, // (n, intermediate)
+    pub up: B::Buf,   // (n, intermediate)
+}
+
+impl<B: Backend> Activations<B> {
+    pub fn new(be: &B, c: &Gemma3Config, cap: usize) -> Self {
+        Activations {
+            cap,
+            x: be.alloc(cap * c.hidden_size),
+            a: be.alloc(cap * c.hidden_size),
+            q: be.alloc(cap * c.q_dim()),
+            k: be.alloc(cap * c.kv_dim()),
+            v: be.alloc(cap * c.kv_dim()),
+            attn: be.alloc(cap * c.q_dim()),
+            gate: be.alloc(cap * c.intermediate_size),
+            up: be.alloc(cap * c.intermediate_size),
+        }
+    }
 }
 
 /// Which positions of a batch need logits.
@@ -76,26 +145,9 @@ impl<B: Backend> Gemma3<B> {
     pub fn load(store: &dyn WeightStore, backend: B) -> Result<Self> {
         let config = store.config().clone();
         let w = |name: String| -> Result<B::Weight> { backend.load_weight(&store.weight(&name)?) };
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for (i, &kind) in config.layer_types.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            layers.push(Layer {
-                kind,
-                input_layernorm: w(format!("{p}.input_layernorm.weight"))?,
-                q_proj: w(format!("{p}.self_attn.q_proj.weight"))?,
-                k_proj: w(format!("{p}.self_attn.k_proj.weight"))?,
-                v_proj: w(format!("{p}.self_attn.v_proj.weight"))?,
-                q_norm: w(format!("{p}.self_attn.q_norm.weight"))?,
-                k_norm: w(format!("{p}.self_attn.k_norm.weight"))?,
-                o_proj: w(format!("{p}.self_attn.o_proj.weight"))?,
-                post_attention_layernorm: w(format!("{p}.post_attention_layernorm.weight"))?,
-                pre_feedforward_layernorm: w(format!("{p}.pre_feedforward_layernorm.weight"))?,
-                gate_proj: w(format!("{p}.mlp.gate_proj.weight"))?,
-                up_proj: w(format!("{p}.mlp.up_proj.weight"))?,
-                down_proj: w(format!("{p}.mlp.down_proj.weight"))?,
-                post_feedforward_layernorm: w(format!("{p}.post_feedforward_layernorm.weight"))?,
-            });
-        }
+        let layers = (config.layer_types.iter().enumerate())
+            .map(|(i, &kind)| Layer::load(i, kind, w))
+            .collect::<Result<Vec<_>>>()?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
@@ -136,22 +188,6 @@ impl<B: Backend> Gemma3<B> {
         s.pos = s.pos.min(len);
     }
 
-    fn scratch(&self, cap: usize) -> Scratch<B> {
-        let c = &self.config;
-        let be = &self.backend;
-        Scratch {
-            cap,
-            x: be.alloc(cap * c.hidden_size),
-            a: be.alloc(cap * c.hidden_size),
-            q: be.alloc(cap * c.q_dim()),
-            k: be.alloc(cap * c.kv_dim()),
-            v: be.alloc(cap * c.kv_dim()),
-            attn: be.alloc(cap * c.q_dim()),
-            gate: be.alloc(cap * c.intermediate_size),
-            up: be.alloc(cap * c.intermediate_size),
-        }
-    }
-
     /// Runs `ids` through the model after the session's cached positions and returns the logits
     /// of the last position. With [`Logits::All`], `on_row(position_index, logits)` also sees
     /// every position's logits, in order.
@@ -180,7 +216,7 @@ impl<B: Backend> Gemma3<B> {
                 c.max_position_embeddings
             );
         }
-        let mut scratch = self.scratch(ids.len().min(MAX_BATCH));
+        let mut scratch = Activations::new(&self.backend, &self.config, ids.len().min(MAX_BATCH));
         let mut last = Vec::new();
         let mut done = 0;
         for chunk in ids.chunks(MAX_BATCH) {
@@ -204,81 +240,26 @@ impl<B: Backend> Gemma3<B> {
         Ok(last)
     }
 
-    /// The decoder stack on one batch; leaves the final residual stream in `scratch.x`.
-    fn layers_forward(&self, s: &mut Session<B>, ids: &[u32], b: &mut Scratch<B>) {
+    /// The decoder stack on one batch; leaves the final residual stream in `b.x`.
+    fn layers_forward(&self, s: &mut Session<B>, ids: &[u32], b: &mut Activations<B>) {
         let c = &self.config;
-        let be = &self.backend;
-        let n = ids.len();
-        debug_assert!(n <= b.cap);
-        let (hd, heads, kv_heads) = (c.head_dim, c.num_attention_heads, c.num_key_value_heads);
-
+        debug_assert!(ids.len() <= b.cap);
         // Embedding, scaled by sqrt(hidden) in the checkpoint's dtype.       x: (n, hidden)
-        be.embed(&self.embed_tokens, ids, c.embedding_scale(), &mut b.x);
-
+        self.backend
+            .embed(&self.embed_tokens, ids, c.embedding_scale(), &mut b.x);
         for (layer, kv) in self.layers.iter().zip(&mut s.kv) {
-            let (base, rope_scale, window) = match layer.kind {
-                LayerKind::Sliding => (c.rope_local_base_freq, 1.0, Some(c.sliding_window)),
-                LayerKind::Full => (c.rope_theta, c.rope_scaling_factor, None),
-            };
-
-            // Attention block: pre-norm.                                     a: (n, hidden)
-            be.copy(&b.x, 0, &mut b.a, n * c.hidden_size);
-            be.rms_norm(&mut b.a, &layer.input_layernorm, n, c.rms_norm_eps);
-            // Projections.                          q: (n, heads*hd), k, v: (n, kv_heads*hd)
-            be.matmul(&layer.q_proj, &b.a, n, &mut b.q);
-            be.matmul(&layer.k_proj, &b.a, n, &mut b.k);
-            be.matmul(&layer.v_proj, &b.a, n, &mut b.v);
-            // QK-norm over each head's head_dim values, before RoPE.
-            be.rms_norm(&mut b.q, &layer.q_norm, n * heads, c.rms_norm_eps);
-            be.rms_norm(&mut b.k, &layer.k_norm, n * kv_heads, c.rms_norm_eps);
-            // RoPE: local base on sliding layers, global base (+ linear scaling) on full layers.
-            let rope = |heads| RopeParams {
-                heads,
-                head_dim: hd,
-                pos0: s.pos,
-                base,
-                scale: rope_scale,
-            };
-            be.rope(&mut b.q, n, rope(heads));
-            be.rope(&mut b.k, n, rope(kv_heads));
-            // Causal GQA attention over cache + batch; sliding layers see the last `window` keys.
-            let attn = AttnParams {
-                n,
-                pos0: s.pos,
-                heads,
-                kv_heads,
-                head_dim: hd,
-                window,
-                scale: c.query_pre_attn_scalar.powf(-0.5),
-                softcap: c.attn_logit_softcapping,
-            };
-            be.attention(kv, &b.q, &b.k, &b.v, &mut b.attn, attn);
-            // Output projection, post-attention norm, residual.              a: (n, hidden)
-            be.matmul(&layer.o_proj, &b.attn, n, &mut b.a);
-            be.rms_norm(&mut b.a, &layer.post_attention_layernorm, n, c.rms_norm_eps);
-            be.add(&mut b.x, &b.a, n * c.hidden_size);
-
-            // FFN block: pre-norm, GELU(tanh)-gated, post-norm, residual.  gate, up: (n, inter)
-            be.copy(&b.x, 0, &mut b.a, n * c.hidden_size);
-            be.rms_norm(
-                &mut b.a,
-                &layer.pre_feedforward_layernorm,
-                n,
-                c.rms_norm_eps,
+            run_layer(
+                &self.backend,
+                c,
+                layer,
+                kv,
+                s.pos,
+                ids.len(),
+                b,
+                &mut |_, _, _| {},
             );
-            be.matmul(&layer.gate_proj, &b.a, n, &mut b.gate);
-            be.matmul(&layer.up_proj, &b.a, n, &mut b.up);
-            be.gelu_mul(&mut b.gate, &b.up, n * c.intermediate_size);
-            be.matmul(&layer.down_proj, &b.gate, n, &mut b.a);
-            be.rms_norm(
-                &mut b.a,
-                &layer.post_feedforward_layernorm,
-                n,
-                c.rms_norm_eps,
-            );
-            be.add(&mut b.x, &b.a, n * c.hidden_size);
         }
-        s.pos += n;
+        s.pos += ids.len();
     }
 
     /// Final norm and lm_head (the tied embedding) for `count` rows of the residual stream
@@ -302,4 +283,86 @@ impl<B: Backend> Gemma3<B> {
         }
         out
     }
+}
+
+/// One decoder layer on `n` tokens at positions `pos0..pos0 + n`: reads and updates the
+/// residual stream `b.x` in place and appends to the layer's KV cache. `observe` sees the input
+/// of every linear layer (calibration collects its statistics there).
+#[allow(clippy::too_many_arguments)]
+pub fn run_layer<B: Backend>(
+    be: &B,
+    c: &Gemma3Config,
+    layer: &Layer<B::Weight>,
+    kv: &mut B::Kv,
+    pos0: usize,
+    n: usize,
+    b: &mut Activations<B>,
+    observe: &mut dyn FnMut(Site, &B::Buf, usize),
+) {
+    let (hd, heads, kv_heads) = (c.head_dim, c.num_attention_heads, c.num_key_value_heads);
+    let (base, rope_scale, window) = match layer.kind {
+        LayerKind::Sliding => (c.rope_local_base_freq, 1.0, Some(c.sliding_window)),
+        LayerKind::Full => (c.rope_theta, c.rope_scaling_factor, None),
+    };
+
+    // Attention block: pre-norm.                                     a: (n, hidden)
+    be.copy(&b.x, 0, &mut b.a, n * c.hidden_size);
+    be.rms_norm(&mut b.a, &layer.input_layernorm, n, c.rms_norm_eps);
+    // Projections.                          q: (n, heads*hd), k, v: (n, kv_heads*hd)
+    observe(Site::AttnInput, &b.a, n);
+    be.matmul(&layer.q_proj, &b.a, n, &mut b.q);
+    be.matmul(&layer.k_proj, &b.a, n, &mut b.k);
+    be.matmul(&layer.v_proj, &b.a, n, &mut b.v);
+    // QK-norm over each head's head_dim values, before RoPE.
+    be.rms_norm(&mut b.q, &layer.q_norm, n * heads, c.rms_norm_eps);
+    be.rms_norm(&mut b.k, &layer.k_norm, n * kv_heads, c.rms_norm_eps);
+    // RoPE: local base on sliding layers, global base (+ linear scaling) on full layers.
+    let rope = |heads| RopeParams {
+        heads,
+        head_dim: hd,
+        pos0,
+        base,
+        scale: rope_scale,
+    };
+    be.rope(&mut b.q, n, rope(heads));
+    be.rope(&mut b.k, n, rope(kv_heads));
+    // Causal GQA attention over cache + batch; sliding layers see the last `window` keys.
+    let attn = AttnParams {
+        n,
+        pos0,
+        heads,
+        kv_heads,
+        head_dim: hd,
+        window,
+        scale: c.query_pre_attn_scalar.powf(-0.5),
+        softcap: c.attn_logit_softcapping,
+    };
+    be.attention(kv, &b.q, &b.k, &b.v, &mut b.attn, attn);
+    // Output projection, post-attention norm, residual.              a: (n, hidden)
+    observe(Site::AttnOutput, &b.attn, n);
+    be.matmul(&layer.o_proj, &b.attn, n, &mut b.a);
+    be.rms_norm(&mut b.a, &layer.post_attention_layernorm, n, c.rms_norm_eps);
+    be.add(&mut b.x, &b.a, n * c.hidden_size);
+
+    // FFN block: pre-norm, GELU(tanh)-gated, post-norm, residual.  gate, up: (n, inter)
+    be.copy(&b.x, 0, &mut b.a, n * c.hidden_size);
+    be.rms_norm(
+        &mut b.a,
+        &layer.pre_feedforward_layernorm,
+        n,
+        c.rms_norm_eps,
+    );
+    observe(Site::FfnInput, &b.a, n);
+    be.matmul(&layer.gate_proj, &b.a, n, &mut b.gate);
+    be.matmul(&layer.up_proj, &b.a, n, &mut b.up);
+    be.gelu_mul(&mut b.gate, &b.up, n * c.intermediate_size);
+    observe(Site::FfnHidden, &b.gate, n);
+    be.matmul(&layer.down_proj, &b.gate, n, &mut b.a);
+    be.rms_norm(
+        &mut b.a,
+        &layer.post_feedforward_layernorm,
+        n,
+        c.rms_norm_eps,
+    );
+    be.add(&mut b.x, &b.a, n * c.hidden_size);
 }
