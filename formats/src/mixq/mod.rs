@@ -9,8 +9,19 @@
 //! ```
 
 pub mod error;
+pub mod index;
+pub mod reader;
+#[cfg(test)]
+mod tests;
+pub mod writer;
 
 pub use error::{MixqError, Result};
+pub use index::{
+    Header, Index, ProfileEntry, Recipe, SectionEntry, TensorEntry, BLOB_CALIBRATION, BLOB_REPORT,
+    BLOB_TOKENIZER,
+};
+pub use reader::{MixqFile, TensorRef, VerifyReport};
+pub use writer::{FileMeta, MixqWriter};
 
 /// The 8 magic bytes that open every `.mixq` file: "MIXQ", NUL, CR, LF, SUB (the PNG trick:
 /// line-ending conversion or text-mode truncation garbles them, so a mangled copy is caught).
