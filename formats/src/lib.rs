@@ -16,3 +16,4 @@ pub mod tokenizer;
 pub use bytes::SharedBytes;
 pub use config::{Gemma3Config, LayerKind};
 pub use error::{FormatError, Result};
+pub use mixq::{MixqError, MixqFile, MixqWriter};

@@ -631,6 +631,15 @@ mod tests {
             let pl = section_of(&p, &format!("model.layers.{l}.mlp.up_proj.weight"));
             assert_eq!(pl.intended_section.as_deref(), Some("vulkan.heap0"));
         }
+        // the spilled attention of layers 56..58 still fits the heap; then the heap closes
+        for l in 56..62 {
+            let pl = section_of(&p, &format!("model.layers.{l}.self_attn.q_proj.weight"));
+            assert_eq!(
+                pl.section,
+                if l < 59 { "vulkan.heap0" } else { "host" },
+                "layer {l}"
+            );
+        }
         // once closed, a region stays closed: the host layers are a suffix
         assert_eq!(ffn_host, (ffn_host[0]..62).collect::<Vec<_>>());
         let summary: Vec<String> = p
