@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use mixq_format::checkpoint::{DType, HfCheckpoint};
 use mixq_format::quant::{QType, Transform};
-use mixq_format::{Gemma3Config, SharedBytes};
+use mixq_format::{Gemma3Config, MixqFile, SharedBytes};
 use std::path::Path;
 
 /// One stored tensor: `rows x cols` values (1-D tensors are one row), encoded as `qtype`
@@ -81,7 +81,72 @@ impl WeightStore for HfCheckpoint {
     }
 }
 
-/// Opens a model path: an HF checkpoint directory (later also a .mixq file).
+/// A .mixq file. Tensors are views into a memory map of the file: opening reads the header
+/// and index only, and pages of weights are read when a kernel first touches them.
+pub struct MixqStore {
+    file: MixqFile,
+    map: SharedBytes,
+}
+
+impl MixqStore {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = MixqFile::open(path)?;
+        // A second read-only map of the same (validated) file shares the page cache; it gives
+        // us reference-counted views that outlive borrows of `file`.
+        let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: read-only map of a file we do not modify; see MixqFile::open for the caveat.
+        let map = unsafe { memmap2::Mmap::map(&f) }
+            .with_context(|| format!("mapping {}", path.display()))?;
+        if map.len() != file.bytes().len() {
+            bail!("{}: file changed while opening", path.display());
+        }
+        Ok(MixqStore {
+            file,
+            map: SharedBytes::from_mmap(map),
+        })
+    }
+
+    pub fn file(&self) -> &MixqFile {
+        &self.file
+    }
+}
+
+impl WeightStore for MixqStore {
+    fn config(&self) -> &Gemma3Config {
+        self.file.config()
+    }
+
+    fn weight(&self, name: &str) -> Result<WeightSource> {
+        let t = self.file.tensor(name)?;
+        let offset = t.bytes.as_ptr() as usize - self.file.bytes().as_ptr() as usize;
+        let bytes = self
+            .map
+            .slice(offset..offset + t.bytes.len())
+            .context("tensor outside the file")?;
+        Ok(WeightSource {
+            name: name.to_string(),
+            qtype: t.qtype,
+            rows: t.rows,
+            cols: t.cols,
+            bytes,
+            transform: t.transform,
+        })
+    }
+
+    fn tokenizer_json(&self) -> Result<Vec<u8>> {
+        Ok(self.file.blob("meta.tokenizer")?.to_vec())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} ({} recipe)",
+            self.file.path().display(),
+            self.file.index().recipe.name
+        )
+    }
+}
+
+/// Opens a model path: an HF checkpoint directory or a .mixq file.
 pub fn open_store(path: &Path) -> Result<Box<dyn WeightStore>> {
     if path.is_dir() {
         return Ok(Box::new(HfCheckpoint::open(path)?));
@@ -89,8 +154,5 @@ pub fn open_store(path: &Path) -> Result<Box<dyn WeightStore>> {
     if !path.exists() {
         bail!("{}: no such file or directory", path.display());
     }
-    bail!(
-        "{}: not an HF checkpoint directory (a directory with config.json and *.safetensors)",
-        path.display()
-    )
+    Ok(Box::new(MixqStore::open(path)?))
 }
