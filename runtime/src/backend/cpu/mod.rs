@@ -541,3 +541,40 @@ mod tests {
         );
     }
 }
+
+/// What the CPU offers the kernels, for `mixq-run devices`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CpuFeatures {
+    pub threads: usize,
+    pub simd: Vec<&'static str>,
+}
+
+pub fn features() -> CpuFeatures {
+    let mut simd = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        for (name, on) in [
+            ("sse4.1", is_x86_feature_detected!("sse4.1")),
+            ("avx2", is_x86_feature_detected!("avx2")),
+            ("fma", is_x86_feature_detected!("fma")),
+            ("f16c", is_x86_feature_detected!("f16c")),
+            ("avx512f", is_x86_feature_detected!("avx512f")),
+            ("avx512bw", is_x86_feature_detected!("avx512bw")),
+            ("avx512vnni", is_x86_feature_detected!("avx512vnni")),
+            ("avxvnni", is_x86_feature_detected!("avxvnni")),
+        ] {
+            if on {
+                simd.push(name);
+            }
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    simd.push("neon");
+    if simd.is_empty() {
+        simd.push("none (scalar kernels)");
+    }
+    CpuFeatures {
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        simd,
+    }
+}

@@ -1,0 +1,36 @@
+//! The `mixq-run` command line: one file per subcommand.
+
+pub mod devices;
+pub mod generate;
+pub mod model;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "mixq-run",
+    version,
+    about = "Run Gemma 3 models (.mixq files or Hugging Face checkpoints) on CPU or Vulkan GPUs",
+    long_about = "Run Gemma 3 models (.mixq files or Hugging Face checkpoints) on CPU or Vulkan GPUs.\n\n\
+        Examples:\n  mixq-run generate --model g270.mixq --prompt \"The capital of France is\" --temperature 0\n  \
+        mixq-run devices"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Generate text after a prompt, streaming it to stdout.
+    Generate(generate::GenerateArgs),
+    /// List the devices mixq can use here (CPU features, GPUs, NPU).
+    Devices(devices::DevicesArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Devices(a) => devices::run(a),
+    }
+}
