@@ -9,6 +9,7 @@
 //! row-major (HF `[out_features, in_features]`) and `matmul` computes `out[n, rows] = x[n, cols] · Wᵀ`.
 
 pub mod cpu;
+pub mod vulkan;
 
 use crate::weights::WeightSource;
 use anyhow::Result;

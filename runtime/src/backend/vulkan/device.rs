@@ -40,7 +40,11 @@ impl std::fmt::Display for DeviceInfo {
         for (i, (size, local)) in self.heaps.iter().enumerate() {
             let sep = if i > 0 { ", " } else { "" };
             let kind = if *local { "device-local" } else { "host" };
-            write!(f, "{sep}{:.1} GiB {kind}", *size as f64 / (1u64 << 30) as f64)?;
+            write!(
+                f,
+                "{sep}{:.1} GiB {kind}",
+                *size as f64 / (1u64 << 30) as f64
+            )?;
         }
         let yes = |b: bool| if b { "yes" } else { "no" };
         write!(
@@ -123,7 +127,11 @@ impl Instance {
                     vk::PhysicalDeviceType::CPU => "cpu",
                     _ => "other",
                 },
-                driver: format!("{} {}", cstr(&driver.driver_name), cstr(&driver.driver_info)),
+                driver: format!(
+                    "{} {}",
+                    cstr(&driver.driver_name),
+                    cstr(&driver.driver_info)
+                ),
                 api_version: (
                     vk::api_version_major(v),
                     vk::api_version_minor(v),

@@ -57,13 +57,17 @@ pub fn memory_type(dev: &Device, type_bits: u32, usage: MemoryUse) -> Result<(u3
         })
     };
     let pick = candidates()
-        .find(|&i| m.memory_types[i as usize].property_flags.contains(preferred))
+        .find(|&i| {
+            m.memory_types[i as usize]
+                .property_flags
+                .contains(preferred)
+        })
         .or_else(|| candidates().next())
         .ok_or_else(|| anyhow!("no memory type for {usage:?} (type bits {type_bits:#x})"))?;
     // Host writes need no flush only on coherent memory; other types go through staging.
-    let host_visible = m.memory_types[pick as usize].property_flags.contains(
-        vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT,
-    );
+    let host_visible = m.memory_types[pick as usize]
+        .property_flags
+        .contains(vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT);
     Ok((pick, host_visible))
 }
 
@@ -96,7 +100,10 @@ impl RawBuf {
         // SAFETY: plain object creation on a live device; on error everything made is freed.
         unsafe {
             let buffer = d
-                .create_buffer(&vk::BufferCreateInfo::default().size(size).usage(USAGE), None)
+                .create_buffer(
+                    &vk::BufferCreateInfo::default().size(size).usage(USAGE),
+                    None,
+                )
                 .context("vkCreateBuffer")?;
             let req = d.get_buffer_memory_requirements(buffer);
             let (ty, host_visible) = memory_type(dev, req.memory_type_bits, usage)?;
@@ -242,18 +249,19 @@ impl Arena {
         // lives as long as the arena.
         unsafe {
             let buffer = d
-                .create_buffer(&vk::BufferCreateInfo::default().size(size).usage(USAGE), None)
+                .create_buffer(
+                    &vk::BufferCreateInfo::default().size(size).usage(USAGE),
+                    None,
+                )
                 .context("vkCreateBuffer (weight)")?;
             self.buffers.push(buffer);
             let req = d.get_buffer_memory_requirements(buffer);
             let align = req.alignment.max(256);
             let mut offset = self.used.div_ceil(align) * align;
-            let fits = self
-                .blocks
-                .last()
-                .is_some_and(|b| offset + req.size <= b.1);
+            let fits = self.blocks.last().is_some_and(|b| offset + req.size <= b.1);
             if !fits {
-                let (ty, host_visible) = memory_type(dev, req.memory_type_bits, MemoryUse::GpuOnly)?;
+                let (ty, host_visible) =
+                    memory_type(dev, req.memory_type_bits, MemoryUse::GpuOnly)?;
                 let bsize = self.block_size.max(req.size);
                 let memory = d
                     .allocate_memory(

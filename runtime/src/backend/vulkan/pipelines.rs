@@ -68,11 +68,9 @@ impl Pipeline {
             let info = [vk::ComputePipelineCreateInfo::default()
                 .stage(stage)
                 .layout(layout)];
-            let res =
-                d.create_compute_pipelines(vk::PipelineCache::null(), &info, None);
+            let res = d.create_compute_pipelines(vk::PipelineCache::null(), &info, None);
             d.destroy_shader_module(module, None);
-            let pipeline = res
-                .map_err(|(_, e)| anyhow!("creating pipeline `{name}`: {e}"))?[0];
+            let pipeline = res.map_err(|(_, e)| anyhow!("creating pipeline `{name}`: {e}"))?[0];
             Ok(Pipeline {
                 pipeline,
                 layout,
@@ -87,7 +85,8 @@ impl Pipeline {
     pub unsafe fn destroy(&self, dev: &Device) {
         dev.device.destroy_pipeline(self.pipeline, None);
         dev.device.destroy_pipeline_layout(self.layout, None);
-        dev.device.destroy_descriptor_set_layout(self.set_layout, None);
+        dev.device
+            .destroy_descriptor_set_layout(self.set_layout, None);
     }
 }
 
@@ -157,11 +156,13 @@ impl Pipelines {
                     None,
                 )?;
                 self.pools.push(pool);
-                set = Some(d.allocate_descriptor_sets(
-                    &vk::DescriptorSetAllocateInfo::default()
-                        .descriptor_pool(pool)
-                        .set_layouts(&layouts),
-                )?);
+                set = Some(
+                    d.allocate_descriptor_sets(
+                        &vk::DescriptorSetAllocateInfo::default()
+                            .descriptor_pool(pool)
+                            .set_layouts(&layouts),
+                    )?,
+                );
             }
             let set = set.unwrap()[0];
             let infos: Vec<[vk::DescriptorBufferInfo; 1]> = buffers

@@ -1,0 +1,728 @@
+//! The Vulkan backend (ash): the whole Gemma 3 step on the GPU, recorded into one command
+//! buffer per step and submitted at the sync points (`download`, `top_k`).
+//!
+//! - [`device`]: instance, device choice, [`list_devices`] for `mixq-run devices`.
+//! - [`memory`]: memory types by intent, the weight arena (rows split to fit one binding), the
+//!   activation pool.
+//! - [`pipelines`]: pipelines from the SPIR-V table build.rs embeds; descriptor-set cache.
+//! - [`ops`]: the command recorder (barriers, dispatch, copies, submit + wait).
+//!
+//! This file implements [`Backend`]: each op picks its shader (shaders/README.md lists them)
+//! and records it. Activations, the residual stream and norms are f32; weights stay in their
+//! stored format (F32/F16/BF16 or a .mixq quant type) and are decoded in the kernels.
+//!
+//! The trait's ops return no `Result`: a Vulkan error while recording or at a sync point
+//! (device lost, out of device memory) panics with the error, the only option the trait leaves.
+
+pub mod device;
+pub mod memory;
+pub mod ops;
+pub mod pipelines;
+
+use super::{AttnParams, Backend, RopeParams};
+use crate::weights::WeightSource;
+use anyhow::{bail, Result};
+use ash::vk;
+pub use device::{list_devices, DeviceInfo};
+use device::{Device, Instance};
+use memory::{split_rows, Arena, Pool, RawBuf, WeightChunk, PAD};
+use mixq_format::quant::{dequantize_row, QType, Transform};
+use ops::{grid, Recorder};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Everything device-side, shared by the backend and the buffers/weights it hands out (they
+/// return memory to the pool on drop, possibly after the backend itself is gone).
+pub(crate) struct Shared {
+    dev: Device,
+    pool: Mutex<Pool>,
+    arena: Mutex<Arena>,
+    rec: Mutex<Recorder>,
+    /// Largest byte range one storage-buffer binding may cover.
+    max_binding: u64,
+    /// Dropped last: the device is destroyed in Drop, before the instance.
+    instance: Instance,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: the last handle is gone; after waiting for idle no command is pending, and
+        // objects are destroyed children first (recorder, pooled buffers, arena, device).
+        unsafe {
+            let _ = self.dev.device.device_wait_idle();
+            self.rec.get_mut().unwrap().destroy(&self.dev);
+            self.pool.get_mut().unwrap().destroy_all(&self.dev);
+            self.arena.get_mut().unwrap().destroy(&self.dev);
+            self.dev.device.destroy_device(None);
+        }
+        let _ = &self.instance;
+    }
+}
+
+/// An f32 activation buffer in device memory (from the pool).
+pub struct VkBuf {
+    raw: Option<RawBuf>,
+    /// f32 values requested.
+    len: usize,
+    shared: Arc<Shared>,
+}
+
+impl VkBuf {
+    fn buffer(&self) -> vk::Buffer {
+        self.raw.as_ref().unwrap().buffer
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for VkBuf {
+    fn drop(&mut self) {
+        if let Some(raw) = self.raw.take() {
+            if let Ok(mut pool) = self.shared.pool.lock() {
+                pool.give(raw);
+            }
+        }
+    }
+}
+
+/// A weight resident on the device: its rows in one or more buffers (see memory.rs).
+pub struct VkWeight {
+    qtype: QType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    chunks: Vec<WeightChunk>,
+    /// 1-D tensors (norm weights) decoded to f32 once, as the CPU backend does.
+    vector: Option<VkBuf>,
+}
+
+/// One layer's KV cache on the device.
+pub struct VkKv {
+    kv_dim: usize,
+    window: Option<usize>,
+    len: usize,
+    /// Positions the buffers hold (the ring size for sliding layers).
+    cap: usize,
+    k: VkBuf,
+    v: VkBuf,
+}
+
+pub struct VulkanBackend {
+    shared: Arc<Shared>,
+    /// How weights reach device memory, for describe().
+    upload_path: &'static str,
+}
+
+impl Drop for VulkanBackend {
+    fn drop(&mut self) {
+        // Flush so the recorder's per-step buffers go back to the pool (they hold `shared`).
+        if let Ok(mut rec) = self.shared.rec.lock() {
+            let _ = rec.submit_wait(&self.shared.dev);
+        }
+    }
+}
+
+/// Shader name of an op with one variant per weight format.
+fn variant(op: &str, q: QType) -> &'static str {
+    let w = match q {
+        QType::F32 => "f32",
+        QType::F16 => "f16",
+        QType::BF16 => "bf16",
+        QType::I8Sym => "i8sym",
+        QType::I8Asym => "i8asym",
+        QType::I4Grouped => "i4grouped",
+        QType::I4PerChannel => "i4perchannel",
+        QType::I2Structured => "i2structured",
+    };
+    // The table in build.rs has exactly these names; leak-free static lookup.
+    let name = format!("{op}_{w}_f32");
+    pipelines::SHADERS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(n, _)| *n)
+        .unwrap_or_else(|| panic!("shader {name} missing from build.rs's table"))
+}
+
+fn f(v: f32) -> u32 {
+    v.to_bits()
+}
+
+fn u(v: usize) -> u32 {
+    u32::try_from(v).expect("shape exceeds u32")
+}
+
+impl VulkanBackend {
+    /// Opens Vulkan device `device_index` (see [`list_devices`]), or the best one available.
+    pub fn new(device_index: Option<usize>) -> Result<Self> {
+        let instance = Instance::new()?;
+        let dev = Device::new(&instance, device_index)?;
+        let rec = Recorder::new(&dev)?;
+        let arena = Arena::new(&dev);
+        let max_binding = (dev.limits.max_storage_buffer_range as u64)
+            .min(memory::WEIGHT_BLOCK)
+            .min(dev.info.heaps.iter().map(|h| h.0).max().unwrap_or(u64::MAX) / 4);
+        // Weights go straight into device memory when it is host visible (UMA, lavapipe),
+        // else through a staging buffer.
+        let probe = memory::memory_type(&dev, u32::MAX, memory::MemoryUse::GpuOnly)?;
+        let upload_path = if probe.1 {
+            "written directly into host-visible device-local memory"
+        } else {
+            "copied through a host-visible staging buffer"
+        };
+        Ok(VulkanBackend {
+            shared: Arc::new(Shared {
+                dev,
+                pool: Mutex::new(Pool::default()),
+                arena: Mutex::new(arena),
+                rec: Mutex::new(rec),
+                max_binding,
+                instance,
+            }),
+            upload_path,
+        })
+    }
+
+    /// The device's description (what `devices` prints for it).
+    pub fn device_info(&self) -> &DeviceInfo {
+        &self.shared.dev.info
+    }
+
+    /// (submissions, dispatches, cached descriptor sets) so far: tests check one submission
+    /// per step and that descriptor sets are reused.
+    pub fn counters(&self) -> (u64, u64, usize) {
+        let rec = self.rec();
+        (rec.submits, rec.dispatches, rec.pipelines.cached_sets())
+    }
+
+    fn rec(&self) -> MutexGuard<'_, Recorder> {
+        self.shared.rec.lock().expect("vulkan recorder poisoned")
+    }
+
+    fn dev(&self) -> &Device {
+        &self.shared.dev
+    }
+
+    fn try_alloc(&self, len: usize) -> Result<VkBuf> {
+        let raw = self
+            .shared
+            .pool
+            .lock()
+            .unwrap()
+            .take(&self.shared.dev, (len.max(1) * 4) as u64)?;
+        Ok(VkBuf {
+            raw: Some(raw),
+            len,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Writes `bytes` into a weight chunk buffer (direct or via staging).
+    fn write_weight(
+        &self,
+        buffer: vk::Buffer,
+        mapped: Option<*mut u8>,
+        bytes: &[u8],
+    ) -> Result<()> {
+        if let Some(ptr) = mapped {
+            // SAFETY: `ptr` maps at least bytes.len() bytes of this chunk's host-coherent
+            // memory, which no command uses yet (the weight is being created).
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, bytes.len()) };
+            return Ok(());
+        }
+        const STAGE: usize = 64 << 20;
+        let dev = self.dev();
+        let mut rec = self.rec();
+        rec.submit_wait(dev)?;
+        if rec.staging.is_none() {
+            rec.staging = Some(RawBuf::new(dev, STAGE as u64, memory::MemoryUse::CpuToGpu)?);
+        }
+        for (i, piece) in bytes.chunks(STAGE).enumerate() {
+            let (sbuf, sptr) = {
+                let s = rec.staging.as_ref().unwrap();
+                (s.buffer, s.mapped.expect("staging is mapped"))
+            };
+            // SAFETY: the staging mapping holds STAGE bytes and nothing is pending on it
+            // (submit_wait above and after every piece).
+            unsafe { std::ptr::copy_nonoverlapping(piece.as_ptr(), sptr, piece.len()) };
+            let size = piece.len().div_ceil(4) as u64 * 4;
+            let region = [vk::BufferCopy {
+                src_offset: 0,
+                dst_offset: (i * STAGE) as u64,
+                size,
+            }];
+            rec.copy(dev, sbuf, buffer, &region)?;
+            rec.submit_wait(dev)?;
+        }
+        Ok(())
+    }
+
+    fn try_load_weight(&self, w: &WeightSource) -> Result<VkWeight> {
+        let row_bytes = w.qtype.row_bytes(w.cols)?;
+        if w.rows.checked_mul(row_bytes) != Some(w.bytes.len()) {
+            bail!(
+                "tensor `{}`: {} bytes, but {}x{} {} needs {}x{row_bytes}",
+                w.name,
+                w.bytes.len(),
+                w.rows,
+                w.cols,
+                w.qtype.name(),
+                w.rows
+            );
+        }
+        if w.transform != Transform::None {
+            bail!(
+                "tensor `{}`: the Vulkan backend does not apply Hadamard-rotated inputs yet \
+                 (run this file with --device cpu)",
+                w.name
+            );
+        }
+        let mut chunks = Vec::new();
+        for (row0, rows) in split_rows(w.rows, row_bytes, self.shared.max_binding)? {
+            let bytes = &w.bytes[row0 * row_bytes..(row0 + rows) * row_bytes];
+            let size = (bytes.len() as u64).div_ceil(4) * 4 + PAD;
+            let (buffer, mapped) = self.shared.arena.lock().unwrap().place(self.dev(), size)?;
+            self.write_weight(buffer, mapped, bytes)?;
+            chunks.push(WeightChunk { buffer, row0, rows });
+        }
+        let vector = if w.rows == 1 {
+            let mut v = vec![0f32; w.cols];
+            dequantize_row(w.qtype, &w.bytes, &mut v)?;
+            let mut buf = self.try_alloc(w.cols)?;
+            self.try_upload(&v, &mut buf)?;
+            Some(buf)
+        } else {
+            None
+        };
+        Ok(VkWeight {
+            qtype: w.qtype,
+            rows: w.rows,
+            cols: w.cols,
+            row_bytes,
+            chunks,
+            vector,
+        })
+    }
+
+    fn try_upload(&self, data: &[f32], buf: &mut VkBuf) -> Result<()> {
+        assert!(
+            data.len() <= buf.len,
+            "upload of {} into {}",
+            data.len(),
+            buf.len
+        );
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.rec().update(self.dev(), buf.buffer(), 0, &bytes)
+    }
+
+    fn try_download(&self, buf: &VkBuf, len: usize) -> Result<Vec<f32>> {
+        assert!(len <= buf.len, "download of {len} from {}", buf.len);
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = self
+            .rec()
+            .read(self.dev(), &[(buf.buffer(), 0, (len * 4) as u64)])?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    fn try_new_kv(&self, kv_dim: usize, window: Option<usize>) -> Result<VkKv> {
+        let cap = window.unwrap_or(256);
+        Ok(VkKv {
+            kv_dim,
+            window,
+            len: 0,
+            cap,
+            k: self.try_alloc(cap * kv_dim)?,
+            v: self.try_alloc(cap * kv_dim)?,
+        })
+    }
+
+    fn try_embed(&self, table: &VkWeight, ids: &[u32], scale: f32, out: &mut VkBuf) -> Result<()> {
+        assert!(ids.len() * table.cols <= out.len, "embed output too small");
+        for c in &table.chunks {
+            // (row within the chunk, output row) of every id this chunk holds
+            let pairs: Vec<u8> = ids
+                .iter()
+                .enumerate()
+                .filter(|(_, &id)| (c.row0..c.row0 + c.rows).contains(&(id as usize)))
+                .flat_map(|(i, &id)| [id - c.row0 as u32, i as u32])
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let count = pairs.len() / 8;
+            let idbuf = self.try_alloc(count * 2)?;
+            let mut rec = self.rec();
+            rec.update(self.dev(), idbuf.buffer(), 0, &pairs)?;
+            rec.dispatch(
+                self.dev(),
+                variant("embed", table.qtype),
+                &[c.buffer, idbuf.buffer(), out.buffer()],
+                &[u(count), u(table.cols), u(table.row_bytes), f(scale)],
+                grid(u((count * table.cols).div_ceil(256))),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn try_matmul(&self, w: &VkWeight, x: &VkBuf, n: usize, out: &mut VkBuf) -> Result<()> {
+        assert!(
+            n * w.cols <= x.len && n * w.rows <= out.len,
+            "matmul shapes"
+        );
+        let mut rec = self.rec();
+        for c in &w.chunks {
+            if n == 1 {
+                rec.dispatch(
+                    self.dev(),
+                    variant("matvec", w.qtype),
+                    &[c.buffer, x.buffer(), out.buffer()],
+                    &[u(c.rows), u(w.cols), u(w.row_bytes), u(c.row0), 0],
+                    grid(u(c.rows.div_ceil(4))),
+                )?;
+            } else {
+                rec.dispatch(
+                    self.dev(),
+                    variant("matmul", w.qtype),
+                    &[c.buffer, x.buffer(), out.buffer()],
+                    &[
+                        u(c.rows),
+                        u(w.cols),
+                        u(w.row_bytes),
+                        u(c.row0),
+                        u(w.rows),
+                        u(n),
+                    ],
+                    (u(c.rows.div_ceil(32)), u(n.div_ceil(32)), 1),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn try_rope(&self, x: &mut VkBuf, n: usize, p: RopeParams) -> Result<()> {
+        let half = p.head_dim / 2;
+        assert!(n * p.heads * p.head_dim <= x.len, "rope shapes");
+        let key = [u(p.pos0), u(n), u(half), f(p.base), f(p.scale)];
+        let mut rec = self.rec();
+        if !rec.rope_tables.contains_key(&key) {
+            // cos/sin exactly as the CPU backend computes them (f32 inv_freq, f32 sin_cos).
+            let d = p.head_dim;
+            let inv_freq: Vec<f32> = (0..half)
+                .map(|j| 1.0 / p.base.powf((2 * j) as f32 / d as f32) / p.scale)
+                .collect();
+            let mut cos = Vec::with_capacity(n * half);
+            let mut sin = Vec::with_capacity(n * half);
+            for t in 0..n {
+                let pos = (p.pos0 + t) as f32;
+                for &fr in &inv_freq {
+                    let (s, c) = (pos * fr).sin_cos();
+                    sin.push(s);
+                    cos.push(c);
+                }
+            }
+            cos.extend(sin);
+            let bytes: Vec<u8> = cos.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let table = self.try_alloc(2 * n * half)?;
+            rec.update(self.dev(), table.buffer(), 0, &bytes)?;
+            rec.rope_tables.insert(key, table);
+        }
+        let table = rec.rope_tables[&key].buffer();
+        rec.dispatch(
+            self.dev(),
+            "rope_f32",
+            &[x.buffer(), table],
+            &[u(n), u(p.heads), u(half)],
+            grid(u((n * p.heads * half).div_ceil(256))),
+        )
+    }
+
+    fn try_attention(
+        &self,
+        kv: &mut VkKv,
+        q: &VkBuf,
+        k: &VkBuf,
+        v: &VkBuf,
+        out: &mut VkBuf,
+        p: AttnParams,
+    ) -> Result<()> {
+        let d = p.head_dim;
+        let kv_dim = p.kv_heads * d;
+        assert_eq!(kv.kv_dim, kv_dim, "KV cache width");
+        assert_eq!(
+            kv.len, p.pos0,
+            "attention batch must start where the cache ends"
+        );
+        assert!(d <= 512 && p.heads % p.kv_heads == 0, "attention shapes");
+        let end = p.pos0 + p.n;
+        // A linear (global) cache grows by doubling; the copy is recorded in order.
+        if kv.window.is_none() && end > kv.cap {
+            let cap = end.next_power_of_two();
+            let (nk, nv) = (self.try_alloc(cap * kv_dim)?, self.try_alloc(cap * kv_dim)?);
+            let bytes = (kv.len * kv_dim * 4) as u64;
+            let mut rec = self.rec();
+            if bytes > 0 {
+                let region = [vk::BufferCopy {
+                    src_offset: 0,
+                    dst_offset: 0,
+                    size: bytes,
+                }];
+                rec.copy(self.dev(), kv.k.buffer(), nk.buffer(), &region)?;
+                rec.copy(self.dev(), kv.v.buffer(), nv.buffer(), &region)?;
+            }
+            kv.k = nk;
+            kv.v = nv;
+            kv.cap = cap;
+        }
+        let mut rec = self.rec();
+        rec.dispatch(
+            self.dev(),
+            "attention_f32",
+            &[
+                q.buffer(),
+                k.buffer(),
+                v.buffer(),
+                kv.k.buffer(),
+                kv.v.buffer(),
+                out.buffer(),
+            ],
+            &[
+                u(p.n),
+                u(p.pos0),
+                u(p.heads),
+                u(p.kv_heads),
+                u(d),
+                u(p.window.unwrap_or(0)),
+                u(kv.window.unwrap_or(0)),
+                f(p.scale),
+                f(p.softcap.unwrap_or(0.0)),
+            ],
+            grid(u(p.n * p.heads)),
+        )?;
+        // Store the batch; a ring keeps only its last `window` positions.
+        let row = (kv_dim * 4) as u64;
+        let mut regions: Vec<vk::BufferCopy> = Vec::new();
+        for t in 0..p.n {
+            let pos = p.pos0 + t;
+            let slot = match kv.window {
+                Some(w) if end - pos > w => continue,
+                Some(w) => pos % w,
+                None => pos,
+            };
+            match regions.last_mut() {
+                Some(r)
+                    if r.src_offset + r.size == t as u64 * row
+                        && r.dst_offset + r.size == slot as u64 * row =>
+                {
+                    r.size += row
+                }
+                _ => regions.push(vk::BufferCopy {
+                    src_offset: t as u64 * row,
+                    dst_offset: slot as u64 * row,
+                    size: row,
+                }),
+            }
+        }
+        rec.copy(self.dev(), k.buffer(), kv.k.buffer(), &regions)?;
+        rec.copy(self.dev(), v.buffer(), kv.v.buffer(), &regions)?;
+        kv.len = end;
+        Ok(())
+    }
+
+    fn elementwise(&self, name: &'static str, a: &VkBuf, b: &VkBuf, len: usize) -> Result<()> {
+        assert!(len <= a.len && len <= b.len, "{name}: length");
+        if len == 0 {
+            return Ok(());
+        }
+        self.rec().dispatch(
+            self.dev(),
+            name,
+            &[a.buffer(), b.buffer()],
+            &[u(len)],
+            grid(u(len.div_ceil(256))),
+        )
+    }
+
+    fn try_top_k(&self, x: &VkBuf, len: usize, k: usize) -> Result<Vec<(u32, f32)>> {
+        let k = k.min(len);
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        if k > 64 {
+            // Beyond the device kernel's k: read everything back (rare: samplers use k <= 64).
+            return Ok(super::cpu::top_k(&self.try_download(x, len)?, k));
+        }
+        const CHUNK: usize = 4096;
+        let mut count = len;
+        let mut vals: Option<VkBuf> = None;
+        let mut idx: Option<VkBuf> = None;
+        loop {
+            let groups = count.div_ceil(CHUNK);
+            let (ov, oi) = (self.try_alloc(groups * k)?, self.try_alloc(groups * k)?);
+            let vin = vals.as_ref().map_or(x.buffer(), |b| b.buffer());
+            // Pass 1 has no index input: bind the values again (never read).
+            let iin = idx.as_ref().map_or(vin, |b| b.buffer());
+            self.rec().dispatch(
+                self.dev(),
+                "top_k_f32",
+                &[vin, iin, ov.buffer(), oi.buffer()],
+                &[u(count), u(k), u(idx.is_some() as usize)],
+                grid(u(groups)),
+            )?;
+            count = groups * k;
+            vals = Some(ov);
+            idx = Some(oi);
+            if groups == 1 {
+                break;
+            }
+        }
+        let (vals, idx) = (vals.unwrap(), idx.unwrap());
+        let n = (k * 4) as u64;
+        let bytes = self
+            .rec()
+            .read(self.dev(), &[(vals.buffer(), 0, n), (idx.buffer(), 0, n)])?;
+        let (vb, ib) = bytes.split_at(k * 4);
+        Ok(ib
+            .chunks_exact(4)
+            .zip(vb.chunks_exact(4))
+            .map(|(i, v)| {
+                (
+                    u32::from_le_bytes([i[0], i[1], i[2], i[3]]),
+                    f32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+                )
+            })
+            .collect())
+    }
+}
+
+/// Unwraps an op's result: the trait gives ops no error channel (see the module docs).
+fn ok<T>(r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("vulkan backend: {e:#}"))
+}
+
+impl Backend for VulkanBackend {
+    type Buf = VkBuf;
+    type Weight = VkWeight;
+    type Kv = VkKv;
+
+    fn describe(&self) -> String {
+        let info = &self.shared.dev.info;
+        let arena = self.shared.arena.lock().unwrap();
+        let import = if info.external_memory_host {
+            "VK_EXT_external_memory_host available, not used yet"
+        } else {
+            "no VK_EXT_external_memory_host"
+        };
+        format!(
+            "vulkan:{} {} ({}, {}): weights {} ({:.1} MiB), {import}; bindings split at {} MiB",
+            info.index,
+            info.name,
+            info.device_type,
+            info.driver,
+            self.upload_path,
+            arena.bytes as f64 / (1 << 20) as f64,
+            self.shared.max_binding >> 20
+        )
+    }
+
+    fn load_weight(&self, w: &WeightSource) -> Result<VkWeight> {
+        self.try_load_weight(w)
+    }
+
+    fn alloc(&self, len: usize) -> VkBuf {
+        ok(self.try_alloc(len))
+    }
+
+    fn upload(&self, data: &[f32], buf: &mut VkBuf) {
+        ok(self.try_upload(data, buf))
+    }
+
+    fn download(&self, buf: &VkBuf, len: usize) -> Vec<f32> {
+        ok(self.try_download(buf, len))
+    }
+
+    fn new_kv(&self, kv_dim: usize, window: Option<usize>) -> VkKv {
+        ok(self.try_new_kv(kv_dim, window))
+    }
+
+    fn truncate_kv(&self, kv: &mut VkKv, len: usize) {
+        // As on the CPU: a ring cannot be rewound past what it overwrote; callers re-run.
+        kv.len = kv.len.min(len);
+    }
+
+    fn embed(&self, table: &VkWeight, ids: &[u32], scale: f32, out: &mut VkBuf) {
+        ok(self.try_embed(table, ids, scale, out))
+    }
+
+    fn rms_norm(&self, x: &mut VkBuf, w: &VkWeight, rows: usize, eps: f32) {
+        let wv = w.vector.as_ref().expect("norm weights are 1-D");
+        assert!(rows * w.cols <= x.len, "rms_norm shapes");
+        if rows == 0 {
+            return;
+        }
+        ok(self.rec().dispatch(
+            self.dev(),
+            "rms_norm_f32",
+            &[x.buffer(), wv.buffer()],
+            &[u(rows), u(w.cols), f(eps)],
+            grid(u(rows)),
+        ))
+    }
+
+    fn matmul(&self, w: &VkWeight, x: &VkBuf, n: usize, out: &mut VkBuf) {
+        ok(self.try_matmul(w, x, n, out))
+    }
+
+    fn rope(&self, x: &mut VkBuf, n: usize, p: RopeParams) {
+        ok(self.try_rope(x, n, p))
+    }
+
+    fn attention(
+        &self,
+        kv: &mut VkKv,
+        q: &VkBuf,
+        k: &VkBuf,
+        v: &VkBuf,
+        out: &mut VkBuf,
+        p: AttnParams,
+    ) {
+        ok(self.try_attention(kv, q, k, v, out, p))
+    }
+
+    fn gelu_mul(&self, gate: &mut VkBuf, up: &VkBuf, len: usize) {
+        ok(self.elementwise("gelu_mul_f32", gate, up, len))
+    }
+
+    fn add(&self, x: &mut VkBuf, y: &VkBuf, len: usize) {
+        ok(self.elementwise("add_f32", x, y, len))
+    }
+
+    fn copy(&self, src: &VkBuf, src_offset: usize, dst: &mut VkBuf, len: usize) {
+        assert!(
+            src_offset + len <= src.len && len <= dst.len,
+            "copy lengths"
+        );
+        if len == 0 {
+            return;
+        }
+        let region = [vk::BufferCopy {
+            src_offset: (src_offset * 4) as u64,
+            dst_offset: 0,
+            size: (len * 4) as u64,
+        }];
+        ok(self
+            .rec()
+            .copy(self.dev(), src.buffer(), dst.buffer(), &region))
+    }
+
+    fn top_k(&self, x: &VkBuf, len: usize, k: usize) -> Vec<(u32, f32)> {
+        ok(self.try_top_k(x, len, k))
+    }
+}

@@ -1,0 +1,119 @@
+#version 450
+// Causal GQA attention of n new tokens (positions pos0..pos0+n) over the KV cache plus the
+// batch itself. One workgroup per (token, head). Keys before pos0 come from the cache (a ring
+// of `ring` slots on sliding-window layers), keys of the batch straight from k/v, exactly as the
+// CPU backend does. Keys are taken in blocks of 64 with an online softmax (running max and sum),
+// so no score array of context length is needed; each invocation owns head_dim / 64 output
+// dimensions. The host stores the batch into the cache after this dispatch.
+#extension GL_GOOGLE_include_directive : require
+#include "common.glsl"
+
+layout(local_size_x = 64) in;
+
+layout(push_constant) uniform Params {
+    uint n;
+    uint pos0;
+    uint heads;
+    uint kv_heads;
+    uint head_dim;
+    uint window;  // 0: none
+    uint ring;    // cache slots of a ring, 0: linear cache
+    float scale;
+    float softcap; // 0: none
+} p;
+
+layout(set = 0, binding = 0) readonly buffer Q { float q[]; };
+layout(set = 0, binding = 1) readonly buffer K { float k[]; };
+layout(set = 0, binding = 2) readonly buffer V { float v[]; };
+layout(set = 0, binding = 3) readonly buffer KC { float kc[]; };
+layout(set = 0, binding = 4) readonly buffer VC { float vc[]; };
+layout(set = 0, binding = 5) writeonly buffer O { float o[]; };
+
+const uint MAX_DIMS = 8u; // head_dim <= 512
+shared float qs[512];
+shared float sc[64];
+
+// Start of the kv_dim-wide row holding position `pos` (in the cache or the batch).
+uint kv_row(uint pos, uint kv_dim, out bool cached) {
+    cached = pos < p.pos0;
+    if (cached) {
+        return (p.ring > 0u ? pos % p.ring : pos) * kv_dim;
+    }
+    return (pos - p.pos0) * kv_dim;
+}
+
+void main() {
+    uint idx = group_index();
+    if (idx >= p.n * p.heads) {
+        return;
+    }
+    uint t = idx / p.heads, h = idx % p.heads;
+    uint tid = gl_LocalInvocationID.x;
+    uint d = p.head_dim;
+    uint kv_dim = p.kv_heads * d;
+    uint kvh = h / (p.heads / p.kv_heads);
+    uint pos = p.pos0 + t;
+    uint first = (p.window > 0u && pos + 1u > p.window) ? pos + 1u - p.window : 0u;
+
+    for (uint i = tid; i < d; i += 64u) {
+        qs[i] = q[(t * p.heads + h) * d + i];
+    }
+    barrier();
+
+    float m = -1.0 / 0.0;
+    float l = 0.0;
+    float acc[MAX_DIMS];
+    for (uint i = 0u; i < MAX_DIMS; i++) {
+        acc[i] = 0.0;
+    }
+    for (uint kb = first; kb <= pos; kb += 64u) {
+        uint kp = kb + tid;
+        float s = -1.0 / 0.0;
+        if (kp <= pos) {
+            bool cached;
+            uint r = kv_row(kp, kv_dim, cached) + kvh * d;
+            float dotv = 0.0;
+            if (cached) {
+                for (uint i = 0u; i < d; i++) dotv += qs[i] * kc[r + i];
+            } else {
+                for (uint i = 0u; i < d; i++) dotv += qs[i] * k[r + i];
+            }
+            s = dotv * p.scale;
+            if (p.softcap > 0.0) {
+                s = tanh(s / p.softcap) * p.softcap;
+            }
+        }
+        sc[tid] = s;
+        barrier();
+        uint count = min(64u, pos + 1u - kb);
+        float bm = m;
+        for (uint j = 0u; j < count; j++) {
+            bm = max(bm, sc[j]);
+        }
+        float corr = exp(m - bm);
+        l *= corr;
+        for (uint i = 0u; i < MAX_DIMS; i++) {
+            acc[i] *= corr;
+        }
+        for (uint j = 0u; j < count; j++) {
+            float e = exp(sc[j] - bm);
+            l += e;
+            bool cached;
+            uint r = kv_row(kb + j, kv_dim, cached) + kvh * d;
+            for (uint i = 0u; i < MAX_DIMS; i++) {
+                uint dim = tid + 64u * i;
+                if (dim < d) {
+                    acc[i] += e * (cached ? vc[r + dim] : v[r + dim]);
+                }
+            }
+        }
+        m = bm;
+        barrier();
+    }
+    for (uint i = 0u; i < MAX_DIMS; i++) {
+        uint dim = tid + 64u * i;
+        if (dim < d) {
+            o[(t * p.heads + h) * d + dim] = acc[i] / l;
+        }
+    }
+}
