@@ -43,7 +43,11 @@ pub fn round_bf16_f64(x: f64) -> f32 {
     // a / ulp is exact (power of two); round the significand once, ties to even.
     let r = (a / ulp).round_ties_even() * ulp;
     // past the largest finite bf16 (bits 0x7f7f) is IEEE overflow
-    let v = if r > bf16_from_bits(0x7f7f) as f64 { f64::INFINITY } else { r };
+    let v = if r > bf16_from_bits(0x7f7f) as f64 {
+        f64::INFINITY
+    } else {
+        r
+    };
     (v as f32).copysign(x as f32)
 }
 
@@ -59,7 +63,10 @@ mod tests {
         assert_eq!(round_bf16(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2f32.powi(-6));
         assert_eq!(round_bf16(-1.0 - 2f32.powi(-8)), -1.0);
         // just above half way rounds up
-        assert_eq!(round_bf16(1.0 + 2f32.powi(-8) + 2f32.powi(-20)), 1.0 + 2f32.powi(-7));
+        assert_eq!(
+            round_bf16(1.0 + 2f32.powi(-8) + 2f32.powi(-20)),
+            1.0 + 2f32.powi(-7)
+        );
     }
 
     #[test]
@@ -84,7 +91,11 @@ mod tests {
             if !x.is_finite() {
                 continue;
             }
-            assert_eq!(round_bf16_f64(x as f64).to_bits(), round_bf16(x).to_bits(), "{x:e}");
+            assert_eq!(
+                round_bf16_f64(x as f64).to_bits(),
+                round_bf16(x).to_bits(),
+                "{x:e}"
+            );
         }
     }
 
@@ -94,6 +105,6 @@ mod tests {
         // rounded once it is above the tie and goes up.
         let x = 1.0 + 2f64.powi(-8) + 2f64.powi(-30);
         assert_eq!(round_bf16_f64(x), 1.0 + 2f32.powi(-7));
-        assert_eq!(round_bf16((x as f32) ), 1.0);
+        assert_eq!(round_bf16(x as f32), 1.0);
     }
 }

@@ -76,9 +76,10 @@ impl NpuDetection {
             Some(d) => format!(
                 "{} at {} (driver {}, firmware {})",
                 d.family.unwrap_or("XDNA"),
-                d.node
-                    .as_ref()
-                    .map_or_else(|| d.sysfs.display().to_string(), |n| n.display().to_string()),
+                d.node.as_ref().map_or_else(
+                    || d.sysfs.display().to_string(),
+                    |n| n.display().to_string()
+                ),
                 d.driver.as_deref().unwrap_or("none bound"),
                 d.firmware_version.clone().unwrap_or_else(|| {
                     if d.firmware_files.is_empty() {
@@ -139,7 +140,8 @@ impl fmt::Display for NpuDetection {
                     .map_or_else(|| "(no node)".to_string(), |n| n.display().to_string()),
                 d.pci_vendor.unwrap_or(0),
                 d.pci_device.unwrap_or(0),
-                d.pci_revision.map_or("?".to_string(), |r| format!("{r:02x}")),
+                d.pci_revision
+                    .map_or("?".to_string(), |r| format!("{r:02x}")),
                 d.driver.as_deref().unwrap_or("none"),
                 d.family.unwrap_or("not an XDNA NPU"),
             )?;
@@ -350,16 +352,26 @@ mod tests {
         std::os::unix::fs::symlink(&pci, r.join("sys/bus/pci/devices/0000:c4:00.1")).unwrap();
         write(&r.join("dev/accel/accel0"), "");
         write(&r.join("sys/module/amdxdna/version"), "2.19.0\n");
-        write(&r.join("lib/firmware/amdnpu/1502_00/npu.sbin.1.5.5.391"), "");
+        write(
+            &r.join("lib/firmware/amdnpu/1502_00/npu.sbin.1.5.5.391"),
+            "",
+        );
 
         let d = detect_at(r);
         println!("{d}");
         assert!(d.present());
-        assert_eq!(d.devices.len(), 1, "the PCI scan must not list the accel device twice");
+        assert_eq!(
+            d.devices.len(),
+            1,
+            "the PCI scan must not list the accel device twice"
+        );
         let dev = &d.devices[0];
         assert!(dev.is_phoenix_class());
         assert_eq!(dev.driver.as_deref(), Some("amdxdna"));
-        assert_eq!(dev.node.as_deref(), Some(r.join("dev/accel/accel0").as_path()));
+        assert_eq!(
+            dev.node.as_deref(),
+            Some(r.join("dev/accel/accel0").as_path())
+        );
         assert_eq!(dev.firmware_files.len(), 1);
         assert_eq!(d.driver_version.as_deref(), Some("2.19.0"));
         assert!(d.can_do_today().contains("cannot execute anything"));

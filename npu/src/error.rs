@@ -7,7 +7,10 @@ pub type Result<T, E = NpuError> = std::result::Result<T, E>;
 pub enum NpuError {
     // === Shapes and types ===
     #[error("{op}: weight type {qtype} is not supported by the W4ABF16 NPU kernels (only I4_GROUPED and I4_PER_CHANNEL)")]
-    UnsupportedQType { op: &'static str, qtype: &'static str },
+    UnsupportedQType {
+        op: &'static str,
+        qtype: &'static str,
+    },
     #[error("{op}: {what} has length {found}, expected {expected}")]
     Length {
         op: &'static str,

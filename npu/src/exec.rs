@@ -151,7 +151,11 @@ impl FunctionalExecutor {
         }
         let (params, codes) = row.split_at(qtype.row_param_bytes(cols));
         let mut out = vec![0f32; cols];
-        for (c, (o, bytes)) in out.chunks_exact_mut(64).zip(codes.chunks_exact(32)).enumerate() {
+        for (c, (o, bytes)) in out
+            .chunks_exact_mut(64)
+            .zip(codes.chunks_exact(32))
+            .enumerate()
+        {
             let b = if qtype == QType::I4Grouped { c } else { 0 };
             let (s, m) = block_params_bf16(qtype, params, b);
             let lut = block_lut(s, m);
@@ -221,7 +225,11 @@ impl FunctionalExecutor {
         let mut w = vec![0f32; cols];
         for (r, row) in weight.chunks_exact(rb).enumerate() {
             let (params, codes) = row.split_at(pbytes);
-            for (c, (o, bytes)) in w.chunks_exact_mut(64).zip(codes.chunks_exact(32)).enumerate() {
+            for (c, (o, bytes)) in w
+                .chunks_exact_mut(64)
+                .zip(codes.chunks_exact(32))
+                .enumerate()
+            {
                 let b = if qtype == QType::I4Grouped { c } else { 0 };
                 let (s, m) = block_params_bf16(qtype, params, b);
                 let lut = block_lut(s, m);
@@ -262,7 +270,7 @@ impl FunctionalExecutor {
         part: AttnPartition,
     ) -> Result<Vec<f32>> {
         const OP: &str = "attention_bf16";
-        if n_kv_heads == 0 || n_heads % n_kv_heads != 0 || head_dim == 0 {
+        if n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) || head_dim == 0 {
             return Err(NpuError::Shape {
                 op: OP,
                 problem: format!("{n_heads} heads, {n_kv_heads} KV heads, head_dim {head_dim}"),
@@ -315,7 +323,10 @@ impl FunctionalExecutor {
                     })
                     .collect();
                 let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let p: Vec<f32> = s.iter().map(|&sj| round_bf16_f64(((sj - m) as f64).exp())).collect();
+                let p: Vec<f32> = s
+                    .iter()
+                    .map(|&sj| round_bf16_f64(((sj - m) as f64).exp()))
+                    .collect();
                 let mut l = 0f32;
                 for &pj in &p {
                     l += pj;

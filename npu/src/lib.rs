@@ -21,11 +21,17 @@ pub mod bf16;
 pub mod detect;
 pub mod error;
 pub mod exec;
+pub mod shapes;
 pub mod spec;
+pub mod tiling;
+pub mod timing;
 
 pub use detect::{detect, detect_at, NpuDetection, NpuDevice};
 pub use error::{NpuError, Result};
 pub use exec::{AttnPartition, FunctionalExecutor};
 pub use spec::NpuSpec;
-
-
+pub use tiling::{
+    AttnDims, AttnQTypes, AttnTiling, DmaTransfer, L1Budget, Proj, ProjTiling, TensorLocation,
+    TileMode, TilingPlan,
+};
+pub use timing::{LayerTime, NpuTimeBreakdown, OpTime, TimingModel};

@@ -78,7 +78,13 @@ fn matvec_matches_the_defined_semantics_exactly() {
             let y = ex.matvec_w4abf16(qtype, &w, rows, cols, &x).unwrap();
             let r = reference_matvec(qtype, &w, rows, cols, &x);
             for i in 0..rows {
-                assert_eq!(y[i].to_bits(), r[i].to_bits(), "{qtype} [{rows},{cols}] row {i}: {} vs {}", y[i], r[i]);
+                assert_eq!(
+                    y[i].to_bits(),
+                    r[i].to_bits(),
+                    "{qtype} [{rows},{cols}] row {i}: {} vs {}",
+                    y[i],
+                    r[i]
+                );
             }
         }
     }
@@ -115,10 +121,18 @@ fn matmul_equals_per_token_matvec() {
     let (rows, cols, tokens) = (12, 1152, 5);
     let w = quantized(QType::I4Grouped, rows, cols, &mut rng);
     let xs = rng.vec(tokens * cols, 1.0);
-    let y = ex.matmul_w4abf16(QType::I4Grouped, &w, rows, cols, &xs, tokens).unwrap();
+    let y = ex
+        .matmul_w4abf16(QType::I4Grouped, &w, rows, cols, &xs, tokens)
+        .unwrap();
     for t in 0..tokens {
         let yt = ex
-            .matvec_w4abf16(QType::I4Grouped, &w, rows, cols, &xs[t * cols..(t + 1) * cols])
+            .matvec_w4abf16(
+                QType::I4Grouped,
+                &w,
+                rows,
+                cols,
+                &xs[t * cols..(t + 1) * cols],
+            )
             .unwrap();
         assert_eq!(&y[t * rows..(t + 1) * rows], &yt[..]);
     }
@@ -130,13 +144,20 @@ fn dequantized_row_is_what_matvec_uses() {
     let mut rng = Rng(5);
     let cols = 640;
     let w = quantized(QType::I4PerChannel, 1, cols, &mut rng);
-    let wb = ex.dequantize_row_bf16(QType::I4PerChannel, &w, cols).unwrap();
-    assert!(wb.iter().all(|&v| crate::bf16::round_bf16(v) == v), "weights are bf16 values");
+    let wb = ex
+        .dequantize_row_bf16(QType::I4PerChannel, &w, cols)
+        .unwrap();
+    assert!(
+        wb.iter().all(|&v| crate::bf16::round_bf16(v) == v),
+        "weights are bf16 values"
+    );
     // a one-hot x picks out each weight exactly
     for k in [0usize, 31, 32, 63, 64, 639] {
         let mut x = vec![0f32; cols];
         x[k] = 1.0;
-        let y = ex.matvec_w4abf16(QType::I4PerChannel, &w, 1, cols, &x).unwrap();
+        let y = ex
+            .matvec_w4abf16(QType::I4PerChannel, &w, 1, cols, &x)
+            .unwrap();
         assert_eq!(y[0], wb[k], "k = {k}");
     }
 }
@@ -152,7 +173,10 @@ fn f16_parameters_decode_like_formats() {
         let p = unpack_row(QType::I4Grouped, &row, &mut codes).unwrap();
         let (s, _) = p[0].affine(0);
         let mine = f16_to_f32(h);
-        assert!(s.to_bits() == mine.to_bits() || (s.is_nan() && mine.is_nan()), "{h:#06x}: {s} vs {mine}");
+        assert!(
+            s.to_bits() == mine.to_bits() || (s.is_nan() && mine.is_nan()),
+            "{h:#06x}: {s} vs {mine}"
+        );
     }
 }
 
@@ -160,15 +184,33 @@ fn f16_parameters_decode_like_formats() {
 fn errors_are_reported_not_panicked() {
     let ex = FunctionalExecutor::new();
     let w = vec![0u8; QType::I8Sym.row_bytes(64).unwrap()];
-    let e = ex.matvec_w4abf16(QType::I8Sym, &w, 1, 64, &[0.0; 64]).unwrap_err();
+    let e = ex
+        .matvec_w4abf16(QType::I8Sym, &w, 1, 64, &[0.0; 64])
+        .unwrap_err();
     assert!(e.to_string().contains("I8_SYM"), "{e}");
     let w = vec![0u8; QType::I4Grouped.row_bytes(64).unwrap() - 1];
-    assert!(ex.matvec_w4abf16(QType::I4Grouped, &w, 1, 64, &[0.0; 64]).is_err());
-    let w = vec![0u8; QType::I4Grouped.row_bytes(64).unwrap()];
-    assert!(ex.matvec_w4abf16(QType::I4Grouped, &w, 1, 64, &[0.0; 63]).is_err());
-    assert!(ex.matvec_w4abf16(QType::I4Grouped, &w, 1, 60, &[0.0; 60]).is_err());
     assert!(ex
-        .attention_bf16(&[0.0; 8], &[], &[], 0, 2, 1, 4, 1.0, AttnPartition::single(1))
+        .matvec_w4abf16(QType::I4Grouped, &w, 1, 64, &[0.0; 64])
+        .is_err());
+    let w = vec![0u8; QType::I4Grouped.row_bytes(64).unwrap()];
+    assert!(ex
+        .matvec_w4abf16(QType::I4Grouped, &w, 1, 64, &[0.0; 63])
+        .is_err());
+    assert!(ex
+        .matvec_w4abf16(QType::I4Grouped, &w, 1, 60, &[0.0; 60])
+        .is_err());
+    assert!(ex
+        .attention_bf16(
+            &[0.0; 8],
+            &[],
+            &[],
+            0,
+            2,
+            1,
+            4,
+            1.0,
+            AttnPartition::single(1)
+        )
         .is_err());
 }
 
@@ -190,7 +232,9 @@ fn reference_attention(
     let mut out = vec![0f32; n_heads * hd];
     for h in 0..n_heads {
         let g = h / (n_heads / n_kv);
-        let qb: Vec<f64> = (0..hd).map(|d| rbf(r32(q[h * hd + d] as f64 * scale as f64))).collect();
+        let qb: Vec<f64> = (0..hd)
+            .map(|d| rbf(r32(q[h * hd + d] as f64 * scale as f64)))
+            .collect();
         let s: Vec<f64> = (0..n_pos)
             .map(|j| {
                 let mut acc = 0f64;
@@ -210,7 +254,9 @@ fn reference_attention(
                 let l = p.iter().fold(0f64, |a, &x| r32(a + x));
                 let a = (0..hd)
                     .map(|d| {
-                        (j0..j1).fold(0f64, |acc, j| r32(acc + p[j - j0] * rbf(v[j * kvd + g * hd + d] as f64)))
+                        (j0..j1).fold(0f64, |acc, j| {
+                            r32(acc + p[j - j0] * rbf(v[j * kvd + g * hd + d] as f64))
+                        })
                     })
                     .collect();
                 (m, l, a)
@@ -220,7 +266,11 @@ fn reference_attention(
             let m = x.0.max(y.0);
             let (al, be) = (r32(r32(x.0 - m).exp()), r32(r32(y.0 - m).exp()));
             let l = r32(r32(x.1 * al) + r32(y.1 * be));
-            let a = x.2.iter().zip(&y.2).map(|(p, q)| r32(r32(p * al) + r32(q * be))).collect();
+            let a =
+                x.2.iter()
+                    .zip(&y.2)
+                    .map(|(p, q)| r32(r32(p * al) + r32(q * be)))
+                    .collect();
             (m, l, a)
         };
         let parts: Vec<(f64, f64, Vec<f64>)> = states
@@ -249,13 +299,27 @@ fn attention_matches_the_defined_semantics_exactly() {
             let scale = 1.0 / (hd as f32).sqrt();
             for part in [
                 AttnPartition::single(n_pos),
-                AttnPartition { kv_chunk: 32, chunks_per_partition: 1 },
-                AttnPartition { kv_chunk: 16, chunks_per_partition: 3 },
+                AttnPartition {
+                    kv_chunk: 32,
+                    chunks_per_partition: 1,
+                },
+                AttnPartition {
+                    kv_chunk: 16,
+                    chunks_per_partition: 3,
+                },
             ] {
-                let y = ex.attention_bf16(&q, &k, &v, n_pos, nh, nkv, hd, scale, part).unwrap();
+                let y = ex
+                    .attention_bf16(&q, &k, &v, n_pos, nh, nkv, hd, scale, part)
+                    .unwrap();
                 let r = reference_attention(&q, &k, &v, n_pos, nh, nkv, hd, scale, part);
                 for i in 0..y.len() {
-                    assert_eq!(y[i].to_bits(), r[i].to_bits(), "{nh}/{nkv}x{hd} n={n_pos} {part:?} [{i}]: {} vs {}", y[i], r[i]);
+                    assert_eq!(
+                        y[i].to_bits(),
+                        r[i].to_bits(),
+                        "{nh}/{nkv}x{hd} n={n_pos} {part:?} [{i}]: {} vs {}",
+                        y[i],
+                        r[i]
+                    );
                 }
             }
         }
@@ -272,19 +336,40 @@ fn attention_is_close_to_exact_softmax_attention() {
     let v = rng.vec(n_pos * nkv * hd, 1.0);
     let scale = 168f32.powf(-0.5);
     let y = ex
-        .attention_bf16(&q, &k, &v, n_pos, nh, nkv, hd, scale, AttnPartition { kv_chunk: 64, chunks_per_partition: 2 })
+        .attention_bf16(
+            &q,
+            &k,
+            &v,
+            n_pos,
+            nh,
+            nkv,
+            hd,
+            scale,
+            AttnPartition {
+                kv_chunk: 64,
+                chunks_per_partition: 2,
+            },
+        )
         .unwrap();
     let (mut num, mut den) = (0f64, 0f64);
     for h in 0..nh {
         let g = h / (nh / nkv);
         let s: Vec<f64> = (0..n_pos)
-            .map(|j| (0..hd).map(|d| q[h * hd + d] as f64 * k[j * nkv * hd + g * hd + d] as f64).sum::<f64>() * scale as f64)
+            .map(|j| {
+                (0..hd)
+                    .map(|d| q[h * hd + d] as f64 * k[j * nkv * hd + g * hd + d] as f64)
+                    .sum::<f64>()
+                    * scale as f64
+            })
             .collect();
         let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
         let z: f64 = e.iter().sum();
         for d in 0..hd {
-            let o: f64 = (0..n_pos).map(|j| e[j] * v[j * nkv * hd + g * hd + d] as f64).sum::<f64>() / z;
+            let o: f64 = (0..n_pos)
+                .map(|j| e[j] * v[j * nkv * hd + g * hd + d] as f64)
+                .sum::<f64>()
+                / z;
             num += (y[h * hd + d] as f64 - o).powi(2);
             den += o * o;
         }
