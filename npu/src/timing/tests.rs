@@ -96,3 +96,24 @@ fn faster_parts_are_faster() {
     let b = decode(&TimingModel::calibrated(NpuSpec::hawk_point()), "12b", 1024).per_token_s;
     assert!(b < a);
 }
+
+#[test]
+fn table_of_decode_predictions() {
+    // printed for npu/README.md (cargo test -p mixq-npu table_of -- --nocapture)
+    println!("| size | ctx | weights MB | KV MB | calibrated ms/token | roofline ms/token | DRAM floor ms |");
+    for size in shapes::SIZES {
+        for ctx in [1usize, 4096] {
+            let c = decode(&TimingModel::calibrated(NpuSpec::phoenix()), size, ctx);
+            let r = decode(&TimingModel::roofline(NpuSpec::phoenix()), size, ctx);
+            println!(
+                "| {size} | {ctx} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} |",
+                c.weight_bytes / 1e6,
+                c.kv_bytes / 1e6,
+                c.per_token_s * 1e3,
+                r.per_token_s * 1e3,
+                r.dram_floor_s * 1e3
+            );
+            assert!(c.per_token_s >= r.per_token_s);
+        }
+    }
+}
