@@ -28,7 +28,7 @@
 //! # What cannot fit, reported in [`TilingPlan::not_fitting`]
 //!
 //! The array holds 16 x 64 KB + 4 x 512 KB = 3 MB. A Gemma 3 layer's attention weights are
-//! 0.84 MiB (270M) to 34 MiB (27B) in W4: except the smallest, no layer stays resident, and no
+//! 0.84 MiB (270M) to 34 MiB (27B) in W4: only 270M and 1B layers (0.84, 1.52 MiB) would fit one at a time, and no
 //! model does, so weights stream from DRAM (the `npu.bank*` sections) every token; the KV cache
 //! always streams.
 
