@@ -18,6 +18,8 @@ VENV := $(MIXQ_CACHE)/venv
 VENV_REF := $(MIXQ_CACHE)/venv-ref
 # Debian packages the project needs; other parts of the build append to this list.
 APT_PACKAGES ?= python3-venv
+# Vulkan backend: lavapipe (CPU Vulkan driver, what CI runs on), the loader, vulkaninfo, glslc for shaders/.
+APT_PACKAGES += mesa-vulkan-drivers libvulkan1 vulkan-tools glslc
 
 MODEL := models/gemma-3-270m
 MIXQ_RUN := $(CARGO_TARGET_DIR)/release/mixq-run
