@@ -17,6 +17,9 @@ pub struct WeightSource {
     pub cols: usize,
     pub bytes: SharedBytes,
     pub transform: Transform,
+    /// The .mixq section holding it (`npu.bank0`, `vulkan.heap0`, `host`); `None` outside .mixq files.
+    /// The hybrid scheduler puts tensors of `npu.bank*` sections on the NPU engine.
+    pub section: Option<String>,
 }
 
 impl WeightSource {
@@ -30,6 +33,7 @@ impl WeightSource {
             cols,
             bytes: SharedBytes::from_vec(bytes),
             transform: Transform::None,
+            section: None,
         }
     }
 }
@@ -68,6 +72,7 @@ impl WeightStore for HfCheckpoint {
             cols,
             bytes: SharedBytes::from_vec(t.data.to_vec()),
             transform: Transform::None,
+            section: None,
         })
     }
 
@@ -130,6 +135,7 @@ impl WeightStore for MixqStore {
             cols: t.cols,
             bytes,
             transform: t.transform,
+            section: Some(t.section.to_string()),
         })
     }
 

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use mixq_format::tokenizer::Tokenizer;
 use mixq_runtime::backend::cpu::CpuBackend;
+use mixq_runtime::backend::vulkan::VulkanBackend;
 use mixq_runtime::backend::Backend;
 use mixq_runtime::weights::{self, WeightStore};
 use mixq_runtime::Gemma3;
@@ -76,6 +77,15 @@ pub fn with_model<T: ModelTask>(args: &ModelArgs, task: T) -> Result<()> {
                 load_time: t0.elapsed(),
             })
         }
-        Device::Vulkan(_) => bail!("the Vulkan backend is not part of this build yet"),
+        Device::Vulkan(index) => {
+            let model = Gemma3::load(store.as_ref(), VulkanBackend::new(index)?)
+                .with_context(|| format!("loading {}", store.describe()))?;
+            task.run(Loaded {
+                model,
+                tokenizer,
+                store,
+                load_time: t0.elapsed(),
+            })
+        }
     }
 }
