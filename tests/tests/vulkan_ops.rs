@@ -17,7 +17,7 @@
 //! - NMSE_ELEM = 1e-12 for element-wise ops (add, gelu_mul, rope): one to a few roundings per
 //!   element; GPU tanh/fma may differ by an ulp.
 
-use mixq_format::quant::{quantize_row, QType, Transform};
+use mixq_format::quant::{quantize_row, QType};
 use mixq_format::SharedBytes;
 use mixq_runtime::backend::cpu::CpuBackend;
 use mixq_runtime::backend::vulkan::VulkanBackend;
@@ -76,14 +76,11 @@ fn weight(q: QType, rows: usize, cols: usize, seed: u64) -> WeightSource {
         )
         .unwrap();
     }
-    WeightSource {
-        name: format!("w_{}", q.name()),
-        qtype: q,
-        rows,
-        cols,
-        bytes: SharedBytes::from_vec(bytes),
-        transform: Transform::None,
-    }
+    // from_f32, then the stored fields: robust to fields WeightSource gains later.
+    let mut w = WeightSource::from_f32(&format!("w_{}", q.name()), rows, cols, &[]);
+    w.qtype = q;
+    w.bytes = SharedBytes::from_vec(bytes);
+    w
 }
 
 /// Uploads `data` to a fresh buffer of each backend.
