@@ -99,6 +99,12 @@ pub struct Pipelines {
 
 const SETS_PER_POOL: u32 = 1024;
 
+impl Default for Pipelines {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Pipelines {
     pub fn new() -> Pipelines {
         Pipelines {
