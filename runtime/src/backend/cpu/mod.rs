@@ -1,24 +1,89 @@
-//! The CPU backend: rayon across rows, weights read in place from the memory map.
+//! The CPU backend: SIMD kernels chosen at run time, rayon across rows, weights read in place
+//! from the memory map (a `CpuWeight` is a view, nothing is copied at load).
 //!
-//! This is the reference implementation every other backend is tested against, so it favours
-//! plain loops the compiler vectorises over hand-written intrinsics.
+//! Two modes:
+//! - [`CpuBackend::new`]: **exact**. f32 activations; quantized rows are dequantized in
+//!   registers bit-identically to the format's reference; f32 KV cache. Every other backend and
+//!   the golden tests compare against this mode.
+//! - [`CpuBackend::fast`]: what `mixq-run` should use. Activations are quantized per group to
+//!   int8 for integer dot products against quantized weights, and the KV cache is f16. The
+//!   difference from exact mode is activation/KV rounding only (tests bound it; the benchmark
+//!   reports KL divergence on the real model).
+//!
+//! Layout: `kernels/` (row kernels per type and ISA, checked against the format's scalar
+//! reference), `kv.rs` (cache + attention), `tests.rs`, `bench.rs` (ignored benchmarks).
+
+#[cfg(test)]
+mod bench;
+pub mod kernels;
+mod kv;
+#[cfg(test)]
+mod tests;
 
 use super::{AttnParams, Backend, RopeParams};
 use crate::weights::WeightSource;
 use anyhow::{anyhow, bail, Result};
+use kernels::{Isa, QAct};
+pub use kv::CpuKv;
 use mixq_format::quant::hadamard::apply_hadamard_with_signs;
-use mixq_format::quant::{dequantize_row, hadamard_signs, QType, Transform};
+use mixq_format::quant::{hadamard_signs, QType, Transform};
 use mixq_format::SharedBytes;
 use rayon::prelude::*;
 use std::borrow::Cow;
 
+/// How the CPU backend computes.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuOptions {
+    /// Rayon threads (`None`: one per core). The global pool is created once per process.
+    pub threads: Option<usize>,
+    /// Quantize activations to int8 for integer dot products against quantized weights.
+    pub int8_activations: bool,
+    /// Store the KV cache in f16 instead of f32.
+    pub kv_f16: bool,
+    /// Force an instruction set (`None`: the best this CPU has). Tests and benchmarks only.
+    pub isa: Option<Isa>,
+}
+
+impl CpuOptions {
+    /// The exact mode: f32 activations and KV cache.
+    pub fn exact(threads: Option<usize>) -> Self {
+        CpuOptions {
+            threads,
+            int8_activations: false,
+            kv_f16: false,
+            isa: None,
+        }
+    }
+
+    /// The fast mode: int8 activations against quantized weights, f16 KV cache.
+    pub fn fast(threads: Option<usize>) -> Self {
+        CpuOptions {
+            int8_activations: true,
+            kv_f16: true,
+            ..Self::exact(threads)
+        }
+    }
+}
+
 pub struct CpuBackend {
     threads: usize,
+    isa: Isa,
+    opts: CpuOptions,
 }
 
 impl CpuBackend {
+    /// The exact mode (see the module doc).
     pub fn new(threads: Option<usize>) -> Result<Self> {
-        let threads = threads.unwrap_or_else(|| {
+        Self::with_options(CpuOptions::exact(threads))
+    }
+
+    /// The fast mode (see the module doc).
+    pub fn fast(threads: Option<usize>) -> Result<Self> {
+        Self::with_options(CpuOptions::fast(threads))
+    }
+
+    pub fn with_options(opts: CpuOptions) -> Result<Self> {
+        let threads = opts.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
@@ -27,9 +92,27 @@ impl CpuBackend {
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global();
+        let best = Isa::detect();
+        let isa = match opts.isa {
+            Some(i) if !Isa::available().contains(&i) => {
+                bail!("instruction set {} is not available on this CPU", i.name())
+            }
+            Some(i) => i,
+            None => best,
+        };
         Ok(CpuBackend {
             threads: rayon::current_num_threads().min(threads),
+            isa,
+            opts,
         })
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn options(&self) -> CpuOptions {
+        self.opts
     }
 }
 
@@ -46,12 +129,16 @@ pub struct CpuWeight {
 }
 
 impl CpuWeight {
-    fn row_into(&self, r: usize, out: &mut [f32]) {
-        decode(
-            self.qtype,
-            &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes],
-            out,
-        );
+    fn row(&self, r: usize) -> &[u8] {
+        &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    pub fn qtype(&self) -> QType {
+        self.qtype
+    }
+
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
     }
 
     /// The activations this weight multiplies: rotated by H when the tensor is stored as W·H.
@@ -69,79 +156,64 @@ impl CpuWeight {
     }
 }
 
-/// Decodes one stored row to f32: float types widen exactly, quantized types go through the
-/// format's reference dequantisation (the SIMD kernels are checked against it).
-fn decode(qtype: QType, bytes: &[u8], out: &mut [f32]) {
-    match qtype {
-        QType::F32 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        // bf16 is the top half of an f32: widening is a shift, exact.
-        QType::BF16 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
-            }
-        }
-        QType::F16 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
-            }
-        }
-        // Sizes were validated at load, so the reference decoder cannot fail here.
-        q => dequantize_row(q, bytes, out).expect("row size validated at load"),
-    }
-}
-
-/// Dot product with 8 independent accumulators so the compiler keeps several SIMD lanes busy.
+/// Dot product with 8 independent accumulators (portable; the kernels have SIMD versions).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
-
-pub struct CpuKv {
-    kv_dim: usize,
-    /// Ring size for sliding-window layers; `None` grows with the context.
-    window: Option<usize>,
-    /// Positions stored so far (the next token's position).
-    len: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
-}
-
-impl CpuKv {
-    fn slot(&self, pos: usize) -> usize {
-        match self.window {
-            Some(w) => pos % w,
-            None => pos,
-        }
-    }
-    fn key(&self, pos: usize) -> &[f32] {
-        let s = self.slot(pos) * self.kv_dim;
-        &self.k[s..s + self.kv_dim]
-    }
-    fn value(&self, pos: usize) -> &[f32] {
-        let s = self.slot(pos) * self.kv_dim;
-        &self.v[s..s + self.kv_dim]
-    }
+    kernels::scalar::dot(a, b)
 }
 
 fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// A pointer to the output that row tasks write disjoint elements of.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Rows per rayon task: enough tasks to balance (8 per thread), a multiple of the 4-row tile.
+fn row_chunk(rows: usize, threads: usize) -> usize {
+    (rows / (threads * 8)).clamp(4, 1024).next_multiple_of(4)
+}
+
+impl CpuBackend {
+    /// `out[t, r] = f(r0.., t)` over row chunks in parallel; `tile(r0, nrows, t, dst)` fills
+    /// `dst[..nrows]` for rows `r0..r0 + nrows` (at most 4) and token `t`.
+    fn for_rows<S: Send>(
+        &self,
+        rows: usize,
+        n: usize,
+        out: &mut [f32],
+        init: impl Fn() -> S + Sync + Send,
+        tile: impl Fn(&mut S, usize, usize, usize, &mut [f32; 4]) + Sync + Send,
+        prepare: impl Fn(&mut S, usize, usize) + Sync + Send,
+    ) {
+        assert!(out.len() >= n * rows);
+        let out = OutPtr(out.as_mut_ptr());
+        let chunk = row_chunk(rows, self.threads);
+        (0..rows.div_ceil(chunk))
+            .into_par_iter()
+            .for_each_init(init, |s, c| {
+                let out = out;
+                let (a, b) = (c * chunk, ((c + 1) * chunk).min(rows));
+                let mut r0 = a;
+                while r0 < b {
+                    let nr = (b - r0).min(4);
+                    prepare(s, r0, nr);
+                    for t in 0..n {
+                        let mut dst = [0f32; 4];
+                        tile(s, r0, nr, t, &mut dst);
+                        for (i, &v) in dst[..nr].iter().enumerate() {
+                            // SAFETY: (t, r0 + i) is written by this task only; in bounds above.
+                            unsafe { *out.0.add(t * rows + r0 + i) = v };
+                        }
+                    }
+                    r0 += nr;
+                }
+            });
+    }
 }
 
 impl Backend for CpuBackend {
@@ -150,7 +222,17 @@ impl Backend for CpuBackend {
     type Kv = CpuKv;
 
     fn describe(&self) -> String {
-        format!("cpu ({} threads, f32 reference kernels)", self.threads)
+        format!(
+            "cpu ({} threads, {} kernels, {} activations, {} KV cache)",
+            self.threads,
+            self.isa.name(),
+            if self.opts.int8_activations {
+                "int8"
+            } else {
+                "f32"
+            },
+            if self.opts.kv_f16 { "f16" } else { "f32" }
+        )
     }
 
     fn load_weight(&self, w: &WeightSource) -> Result<CpuWeight> {
@@ -177,7 +259,8 @@ impl Backend for CpuBackend {
         };
         let vector = (w.rows == 1).then(|| {
             let mut v = vec![0.0; w.cols];
-            decode(w.qtype, &w.bytes, &mut v);
+            // SAFETY: ISA detected; the size was checked above.
+            unsafe { kernels::decode(self.isa, w.qtype)(&w.bytes, &mut v) };
             v
         });
         Ok(CpuWeight {
@@ -204,27 +287,20 @@ impl Backend for CpuBackend {
     }
 
     fn new_kv(&self, kv_dim: usize, window: Option<usize>) -> CpuKv {
-        let slots = window.unwrap_or(0);
-        CpuKv {
-            kv_dim,
-            window,
-            len: 0,
-            k: vec![0.0; slots * kv_dim],
-            v: vec![0.0; slots * kv_dim],
-        }
+        CpuKv::new(kv_dim, window, self.opts.kv_f16)
     }
 
     fn truncate_kv(&self, kv: &mut CpuKv, len: usize) {
-        // A ring has overwritten what lay more than `window` back; rewinding past that would
-        // read stale slots, so callers re-run the prompt instead (the chat session knows this).
-        kv.len = kv.len.min(len);
+        kv.truncate(len);
     }
 
     fn embed(&self, table: &CpuWeight, ids: &[u32], scale: f32, out: &mut Vec<f32>) {
         let d = table.cols;
+        let dec = kernels::decode(self.isa, table.qtype);
         for (i, &id) in ids.iter().enumerate() {
             let row = &mut out[i * d..(i + 1) * d];
-            table.row_into(id as usize, row);
+            // SAFETY: ISA detected; row sizes validated at load.
+            unsafe { dec(table.row(id as usize), row) };
             row.iter_mut().for_each(|x| *x *= scale);
         }
     }
@@ -243,36 +319,77 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, w: &CpuWeight, x: &Vec<f32>, n: usize, out: &mut Vec<f32>) {
-        let (rows, cols) = (w.rows, w.cols);
+        let (rows, cols, isa) = (w.rows, w.cols, self.isa);
         let x = w.input(&x[..n * cols]);
         let x = &x[..];
-        if n == 1 {
-            out[..rows].par_chunks_mut(64).enumerate().for_each_init(
-                || vec![0.0; cols],
-                |row, (chunk, o)| {
-                    for (j, o) in o.iter_mut().enumerate() {
-                        w.row_into(chunk * 64 + j, row);
-                        *o = dot(row, x);
+        let out = &mut out[..n * rows];
+        let xt = |t: usize| &x[t * cols..(t + 1) * cols];
+        // SAFETY (all kernel calls below): the ISA was detected, row sizes validated at load,
+        // activations hold n * cols values.
+        if w.qtype.is_quantized() && self.opts.int8_activations {
+            // Integer path: quantize the activations once, one integer dot per (row, token).
+            let a = QAct::new(x, n, cols, kernels::act_block(w.qtype));
+            let f = kernels::q_dot(isa, w.qtype).expect("quantized type");
+            self.for_rows(
+                rows,
+                n,
+                out,
+                || (),
+                |_, r0, nr, t, dst| {
+                    for i in 0..nr {
+                        dst[i] = unsafe { f(w.row(r0 + i), &a, t) };
+                    }
+                },
+                |_, _, _| {},
+            );
+        } else if !w.qtype.is_quantized() {
+            // Float weights widen in registers; 4 rows share each activation load.
+            let (f1, f4) = (kernels::f_dot(isa, w.qtype), kernels::f_dot4(isa, w.qtype));
+            self.for_rows(
+                rows,
+                n,
+                out,
+                || (),
+                |_, r0, nr, t, dst| {
+                    if nr == 4 {
+                        *dst = unsafe { f4([0, 1, 2, 3].map(|i| w.row(r0 + i)), xt(t)) };
+                    } else {
+                        for i in 0..nr {
+                            dst[i] = unsafe { f1(w.row(r0 + i), xt(t)) };
+                        }
+                    }
+                },
+                |_, _, _| {},
+            );
+        } else {
+            // Exact quantized path: decode a 4-row tile once (bit-identical to the reference),
+            // reuse it for every token.
+            let dec = kernels::decode(isa, w.qtype);
+            let (f1, f4) = (
+                kernels::f_dot(isa, QType::F32),
+                kernels::f_dot4(isa, QType::F32),
+            );
+            self.for_rows(
+                rows,
+                n,
+                out,
+                || vec![0f32; 4 * cols],
+                |tile, _, nr, t, dst| {
+                    let r = |i: usize| kv::as_bytes(&tile[i * cols..(i + 1) * cols]);
+                    if nr == 4 {
+                        *dst = unsafe { f4([r(0), r(1), r(2), r(3)], xt(t)) };
+                    } else {
+                        for i in 0..nr {
+                            dst[i] = unsafe { f1(r(i), xt(t)) };
+                        }
+                    }
+                },
+                |tile, r0, nr| {
+                    for i in 0..nr {
+                        unsafe { dec(w.row(r0 + i), &mut tile[i * cols..(i + 1) * cols]) };
                     }
                 },
             );
-            return;
-        }
-        // Decode each weight row once and reuse it for all n tokens; results land transposed.
-        let mut out_t = vec![0.0f32; rows * n];
-        out_t.par_chunks_mut(n).enumerate().for_each_init(
-            || vec![0.0; cols],
-            |row, (r, o)| {
-                w.row_into(r, row);
-                for (t, o) in o.iter_mut().enumerate() {
-                    *o = dot(row, &x[t * cols..(t + 1) * cols]);
-                }
-            },
-        );
-        for r in 0..rows {
-            for t in 0..n {
-                out[t * rows + r] = out_t[r * n + t];
-            }
         }
     }
 
@@ -310,84 +427,7 @@ impl Backend for CpuBackend {
         out: &mut Vec<f32>,
         p: AttnParams,
     ) {
-        let d = p.head_dim;
-        let kv_dim = p.kv_heads * d;
-        let group = p.heads / p.kv_heads;
-        assert_eq!(kv.kv_dim, kv_dim, "KV cache width");
-        assert_eq!(
-            kv.len, p.pos0,
-            "attention batch must start where the cache ends"
-        );
-        let cache: &CpuKv = kv;
-        // Keys before pos0 come from the cache, keys of this batch straight from `k`: a ring
-        // smaller than the batch would otherwise overwrite keys an earlier query still needs.
-        let key = |pos: usize| {
-            if pos < p.pos0 {
-                cache.key(pos)
-            } else {
-                &k[(pos - p.pos0) * kv_dim..(pos - p.pos0 + 1) * kv_dim]
-            }
-        };
-        let value = |pos: usize| {
-            if pos < p.pos0 {
-                cache.value(pos)
-            } else {
-                &v[(pos - p.pos0) * kv_dim..(pos - p.pos0 + 1) * kv_dim]
-            }
-        };
-        let q_dim = p.heads * d;
-        out[..p.n * q_dim]
-            .par_chunks_mut(d)
-            .enumerate()
-            .for_each(|(idx, o)| {
-                let (t, h) = (idx / p.heads, idx % p.heads);
-                let pos = p.pos0 + t;
-                let first = match p.window {
-                    Some(w) => (pos + 1).saturating_sub(w),
-                    None => 0,
-                };
-                let qh = &q[t * q_dim + h * d..t * q_dim + (h + 1) * d];
-                let kvh = h / group;
-                let mut scores: Vec<f32> = (first..=pos)
-                    .map(|kp| {
-                        let s = dot(qh, &key(kp)[kvh * d..(kvh + 1) * d]) * p.scale;
-                        match p.softcap {
-                            Some(c) => (s / c).tanh() * c,
-                            None => s,
-                        }
-                    })
-                    .collect();
-                let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                o.fill(0.0);
-                for (kp, s) in (first..=pos).zip(&scores) {
-                    let w = s / sum;
-                    for (o, &vv) in o.iter_mut().zip(&value(kp)[kvh * d..(kvh + 1) * d]) {
-                        *o += w * vv;
-                    }
-                }
-            });
-        // Append this batch; a ring keeps only its last `window` positions.
-        for t in 0..p.n {
-            let pos = p.pos0 + t;
-            if let Some(w) = kv.window {
-                if p.pos0 + p.n - pos > w {
-                    continue;
-                }
-            }
-            let s = kv.slot(pos) * kv_dim;
-            if kv.window.is_none() && kv.k.len() < s + kv_dim {
-                kv.k.resize(s + kv_dim, 0.0);
-                kv.v.resize(s + kv_dim, 0.0);
-            }
-            kv.k[s..s + kv_dim].copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
-            kv.v[s..s + kv_dim].copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
-        }
-        kv.len = p.pos0 + p.n;
+        kv::attention(self.isa, kv, q, k, v, out, p);
     }
 
     fn gelu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) {
@@ -428,118 +468,6 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<(u32, f32)> {
     idx.sort_by(cmp);
     idx.truncate(k);
     idx.into_iter().map(|i| (i, x[i as usize])).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn weight(rows: usize, cols: usize, vals: &[f32]) -> CpuWeight {
-        let src = WeightSource::from_f32("w", rows, cols, vals);
-        CpuBackend::new(Some(2)).unwrap().load_weight(&src).unwrap()
-    }
-
-    #[test]
-    fn matmul_batched_equals_per_token() {
-        let be = CpuBackend::new(Some(2)).unwrap();
-        let (rows, cols, n) = (5, 12, 3);
-        let w = weight(
-            rows,
-            cols,
-            &(0..rows * cols)
-                .map(|i| (i as f32 * 0.37).sin())
-                .collect::<Vec<_>>(),
-        );
-        let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.11).cos()).collect();
-        let mut out = vec![0.0; n * rows];
-        be.matmul(&w, &x, n, &mut out);
-        for t in 0..n {
-            let mut o1 = vec![0.0; rows];
-            be.matmul(&w, &x[t * cols..(t + 1) * cols].to_vec(), 1, &mut o1);
-            assert_eq!(&out[t * rows..(t + 1) * rows], &o1[..]);
-        }
-    }
-
-    #[test]
-    fn bf16_rows_widen_exactly() {
-        let vals = [1.0f32, -2.5, 0.15625, 3.0e-3];
-        let bytes: Vec<u8> = vals
-            .iter()
-            .flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes())
-            .collect();
-        let mut out = [0.0; 4];
-        decode(QType::BF16, &bytes, &mut out);
-        for (o, v) in out.iter().zip(vals) {
-            assert_eq!(*o, half::bf16::from_f32(v).to_f32());
-        }
-    }
-
-    /// Prefill in one batch and token-by-token decode must give the same attention output,
-    /// including when the batch is longer than the ring of a sliding-window layer.
-    #[test]
-    fn sliding_ring_matches_batched_attention() {
-        let be = CpuBackend::new(Some(2)).unwrap();
-        let (heads, kv_heads, d, n, window) = (2, 1, 4, 11, 4);
-        let q: Vec<f32> = (0..n * heads * d)
-            .map(|i| (i as f32 * 0.31).sin())
-            .collect();
-        let k: Vec<f32> = (0..n * kv_heads * d)
-            .map(|i| (i as f32 * 0.17).cos())
-            .collect();
-        let v: Vec<f32> = (0..n * kv_heads * d)
-            .map(|i| (i as f32 * 0.07).sin())
-            .collect();
-        let params = |n, pos0| AttnParams {
-            n,
-            pos0,
-            heads,
-            kv_heads,
-            head_dim: d,
-            window: Some(window),
-            scale: 0.5,
-            softcap: None,
-        };
-        let mut batched = vec![0.0; n * heads * d];
-        let mut kv = be.new_kv(kv_heads * d, Some(window));
-        be.attention(&mut kv, &q, &k, &v, &mut batched, params(n, 0));
-        let mut kv = be.new_kv(kv_heads * d, Some(window));
-        // 3 tokens in a batch, then one at a time through the ring.
-        let (qd, kd) = (heads * d, kv_heads * d);
-        let mut out = vec![0.0; 3 * qd];
-        be.attention(
-            &mut kv,
-            &q[..3 * qd].to_vec(),
-            &k[..3 * kd].to_vec(),
-            &v[..3 * kd].to_vec(),
-            &mut out,
-            params(3, 0),
-        );
-        assert_eq!(&out[..], &batched[..3 * qd]);
-        for t in 3..n {
-            let mut o = vec![0.0; qd];
-            let s = |b: &Vec<f32>, w: usize| b[t * w..(t + 1) * w].to_vec();
-            be.attention(
-                &mut kv,
-                &s(&q, qd),
-                &s(&k, kd),
-                &s(&v, kd),
-                &mut o,
-                params(1, t),
-            );
-            for (a, b) in o.iter().zip(&batched[t * qd..(t + 1) * qd]) {
-                assert!((a - b).abs() < 1e-6, "position {t}: {a} vs {b}");
-            }
-        }
-        assert_eq!(kv.k.len(), window * kd, "ring stays bounded");
-    }
-
-    #[test]
-    fn top_k_orders_and_breaks_ties_by_index() {
-        assert_eq!(
-            top_k(&[0.5, 2.0, 2.0, -1.0, 3.0], 3),
-            vec![(4, 3.0), (1, 2.0), (2, 2.0)]
-        );
-    }
 }
 
 /// What the CPU offers the kernels, for `mixq-run devices`.
