@@ -12,17 +12,30 @@ pub struct DevicesArgs {
 
 pub fn run(a: DevicesArgs) -> Result<()> {
     let cpu = mixq_runtime::backend::cpu::features();
+    // A missing Vulkan loader or driver is not an error here: `devices` reports what exists.
+    let gpus = mixq_runtime::backend::vulkan::list_devices();
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "cpu": cpu }))?
-        );
-    } else {
-        println!(
-            "cpu: {} threads; SIMD: {}",
-            cpu.threads,
-            cpu.simd.join(", ")
-        );
+        let gpus = match &gpus {
+            Ok(list) => serde_json::json!(list.iter().map(|d| d.to_string()).collect::<Vec<_>>()),
+            Err(e) => serde_json::json!({ "unavailable": format!("{e:#}") }),
+        };
+        let out = serde_json::json!({ "cpu": cpu, "vulkan": gpus });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "cpu: {} threads; SIMD: {}",
+        cpu.threads,
+        cpu.simd.join(", ")
+    );
+    match gpus {
+        Ok(list) if list.is_empty() => {
+            println!(
+                "vulkan: no devices (install a Vulkan driver; Mesa's lavapipe runs on the CPU)"
+            )
+        }
+        Ok(list) => list.iter().for_each(|d| println!("{d}")),
+        Err(e) => println!("vulkan: unavailable ({e:#})"),
     }
     Ok(())
 }
