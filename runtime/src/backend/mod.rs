@@ -9,6 +9,7 @@
 //! row-major (HF `[out_features, in_features]`) and `matmul` computes `out[n, rows] = x[n, cols] · Wᵀ`.
 
 pub mod cpu;
+pub mod hybrid;
 pub mod vulkan;
 
 use crate::weights::WeightSource;
@@ -87,4 +88,12 @@ pub trait Backend: Send + Sync {
     fn copy(&self, src: &Self::Buf, src_offset: usize, dst: &mut Self::Buf, len: usize);
     /// The `k` largest of the first `len` values, as (index, value), largest first.
     fn top_k(&self, x: &Self::Buf, len: usize, k: usize) -> Vec<(u32, f32)>;
+
+    /// A per-device time breakdown since the last [`Backend::reset_report`], for `bench`
+    /// (the hybrid scheduler's: measured time per device and its Phoenix projection).
+    fn report(&self) -> Option<String> {
+        None
+    }
+    /// Starts a new accounting period for [`Backend::report`].
+    fn reset_report(&self) {}
 }
