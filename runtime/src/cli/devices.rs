@@ -10,16 +10,29 @@ pub struct DevicesArgs {
     pub json: bool,
 }
 
+/// What `--device npu+cpu` / `npu+vulkan` run, whatever hardware is present.
+const ENGINE_MODEL: &str = "engine model: emulated on the host (NPU arithmetic on the CPU, NPU time predicted by the timing model); use --device npu+cpu or npu+vulkan[:N]";
+
 pub fn run(a: DevicesArgs) -> Result<()> {
     let cpu = mixq_runtime::backend::cpu::features();
     // A missing Vulkan loader or driver is not an error here: `devices` reports what exists.
     let gpus = mixq_runtime::backend::vulkan::list_devices();
+    let npu = mixq_npu::detect();
     if a.json {
         let gpus = match &gpus {
             Ok(list) => serde_json::json!(list.iter().map(|d| d.to_string()).collect::<Vec<_>>()),
             Err(e) => serde_json::json!({ "unavailable": format!("{e:#}") }),
         };
-        let out = serde_json::json!({ "cpu": cpu, "vulkan": gpus });
+        let out = serde_json::json!({
+            "cpu": cpu,
+            "vulkan": gpus,
+            "npu": {
+                "present": npu.present(),
+                "summary": npu.summary(),
+                "can_do_today": npu.can_do_today(),
+                "engine_model": ENGINE_MODEL,
+            },
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -37,5 +50,8 @@ pub fn run(a: DevicesArgs) -> Result<()> {
         Ok(list) => list.iter().for_each(|d| println!("{d}")),
         Err(e) => println!("vulkan: unavailable ({e:#})"),
     }
+    println!("npu: {}", npu.summary());
+    println!("  {}", npu.can_do_today());
+    println!("  {ENGINE_MODEL}");
     Ok(())
 }

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use mixq_format::tokenizer::Tokenizer;
 use mixq_runtime::backend::cpu::CpuBackend;
+use mixq_runtime::backend::hybrid::HybridBackend;
 use mixq_runtime::backend::vulkan::VulkanBackend;
 use mixq_runtime::backend::Backend;
 use mixq_runtime::weights::{self, WeightStore};
@@ -19,7 +20,9 @@ pub struct ModelArgs {
     /// A .mixq file, or an HF checkpoint directory (config.json, *.safetensors, tokenizer.json).
     #[arg(long, short = 'm')]
     pub model: PathBuf,
-    /// Where to run: `cpu`, `vulkan` or `vulkan:N` (see `mixq-run devices`).
+    /// Where to run: `cpu`, `vulkan`, `vulkan:N`, or the hybrid scheduler `npu+cpu`,
+    /// `npu+vulkan[:N]` (attention on the NPU engine model, emulated on the host CPU: no
+    /// XDNA hardware is used; FFN and the rest on the CPU or GPU). See `mixq-run devices`.
     #[arg(long, short = 'd', default_value = "cpu")]
     pub device: String,
     /// CPU threads (default: all cores).
@@ -31,16 +34,27 @@ pub struct ModelArgs {
 pub enum Device {
     Cpu,
     Vulkan(Option<usize>),
+    /// The hybrid scheduler: attention on the (emulated) NPU engine, the rest on the CPU.
+    NpuCpu,
+    /// The hybrid scheduler: attention on the (emulated) NPU engine, the rest on a GPU.
+    NpuVulkan(Option<usize>),
 }
 
 impl Device {
     pub fn parse(s: &str) -> Result<Device> {
+        let vulkan_index = |t: &str| match t.strip_prefix("vulkan:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Some(i),
+            _ => None,
+        };
         match s {
             "cpu" => Ok(Device::Cpu),
             "vulkan" | "gpu" => Ok(Device::Vulkan(None)),
-            _ => match s.strip_prefix("vulkan:").map(str::parse::<usize>) {
-                Some(Ok(i)) => Ok(Device::Vulkan(Some(i))),
-                _ => bail!("unknown device `{s}`: expected cpu, vulkan or vulkan:N (list them with `mixq-run devices`)"),
+            "npu+cpu" => Ok(Device::NpuCpu),
+            "npu+vulkan" | "npu+gpu" => Ok(Device::NpuVulkan(None)),
+            _ => match (vulkan_index(s), s.strip_prefix("npu+").and_then(vulkan_index)) {
+                (Some(i), _) => Ok(Device::Vulkan(Some(i))),
+                (_, Some(i)) => Ok(Device::NpuVulkan(Some(i))),
+                _ => bail!("unknown device `{s}`: expected cpu, vulkan, vulkan:N, npu+cpu, npu+vulkan or npu+vulkan:N (list them with `mixq-run devices`)"),
             },
         }
     }
@@ -79,6 +93,28 @@ pub fn with_model<T: ModelTask>(args: &ModelArgs, task: T) -> Result<()> {
         }
         Device::Vulkan(index) => {
             let model = Gemma3::load(store.as_ref(), VulkanBackend::new(index)?)
+                .with_context(|| format!("loading {}", store.describe()))?;
+            task.run(Loaded {
+                model,
+                tokenizer,
+                store,
+                load_time: t0.elapsed(),
+            })
+        }
+        Device::NpuCpu => {
+            let be = HybridBackend::new(CpuBackend::new(args.threads)?, "cpu", store.config())?;
+            let model = Gemma3::load(store.as_ref(), be)
+                .with_context(|| format!("loading {}", store.describe()))?;
+            task.run(Loaded {
+                model,
+                tokenizer,
+                store,
+                load_time: t0.elapsed(),
+            })
+        }
+        Device::NpuVulkan(index) => {
+            let be = HybridBackend::new(VulkanBackend::new(index)?, "vulkan", store.config())?;
+            let model = Gemma3::load(store.as_ref(), be)
                 .with_context(|| format!("loading {}", store.describe()))?;
             task.run(Loaded {
                 model,
