@@ -17,7 +17,7 @@
 //! - NMSE_ELEM = 1e-12 for element-wise ops (add, gelu_mul, rope): one to a few roundings per
 //!   element; GPU tanh/fma may differ by an ulp.
 
-use mixq_format::quant::{quantize_row, QType};
+use mixq_format::quant::{quantize_row, QType, Transform};
 use mixq_format::SharedBytes;
 use mixq_runtime::backend::cpu::CpuBackend;
 use mixq_runtime::backend::vulkan::VulkanBackend;
@@ -122,6 +122,60 @@ fn matmul_every_weight_format_decode_and_prefill() {
                 &co,
                 NMSE_F32,
             );
+        }
+    }
+}
+
+/// Tensors stored as W·H (Transform::BlockHadamard): the GPU rotates the input (hadamard_f32)
+/// before the matmul, bit-identically to the CPU, so the same NMSE_F32 applies. gate/up-style
+/// pairs (same input, same rotation) rotate once; a write to the input in between forces a new
+/// rotation.
+#[test]
+fn matmul_hadamard_rotated_inputs() {
+    let (c, v) = (cpu(), vk());
+    let (rows, cols) = (70, 384);
+    for q in [QType::I2Structured, QType::I4Grouped] {
+        for (block, seed) in [(128u32, 7u64), (64, 99)] {
+            let mk = |s: u64| {
+                let mut w = weight(q, rows, cols, s);
+                w.transform = Transform::BlockHadamard { block, seed };
+                w
+            };
+            let (wg, wu) = (mk(q as u64 + 40), mk(q as u64 + 41));
+            let (cg, vg) = (c.load_weight(&wg).unwrap(), v.load_weight(&wg).unwrap());
+            let (cu, vu) = (c.load_weight(&wu).unwrap(), v.load_weight(&wu).unwrap());
+            for n in [1, 5, 37] {
+                let x: Vec<f32> = rand_vec(n * cols, 300 + n as u64)
+                    .iter()
+                    .map(|a| a * 30.0)
+                    .collect();
+                let (mut cx, mut vx) = bufs(&c, &v, &x);
+                let (mut co, mut vo) = (c.alloc(n * rows), v.alloc(n * rows));
+                let (mut co2, mut vo2) = (c.alloc(n * rows), v.alloc(n * rows));
+                let what = format!("rotated {} block={block} n={n}", q.name());
+                let (_, d0, _) = v.counters();
+                c.matmul(&cg, &cx, n, &mut co);
+                v.matmul(&vg, &vx, n, &mut vo);
+                c.matmul(&cu, &cx, n, &mut co2);
+                v.matmul(&vu, &vx, n, &mut vo2);
+                let (_, d1, _) = v.counters();
+                assert_eq!(d1 - d0, 3, "{what}: one rotation for gate and up");
+                check(&what, &v.download(&vo, n * rows), &co, NMSE_F32);
+                check(&what, &v.download(&vo2, n * rows), &co2, NMSE_F32);
+                // The input changes: the cached rotation must not be reused.
+                let y = rand_vec(n * cols, 500 + n as u64);
+                let (cy, vy) = bufs(&c, &v, &y);
+                c.add(&mut cx, &cy, n * cols);
+                v.add(&mut vx, &vy, n * cols);
+                c.matmul(&cu, &cx, n, &mut co2);
+                v.matmul(&vu, &vx, n, &mut vo2);
+                check(
+                    &format!("{what} after a write"),
+                    &v.download(&vo2, n * rows),
+                    &co2,
+                    NMSE_F32,
+                );
+            }
         }
     }
 }

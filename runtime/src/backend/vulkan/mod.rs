@@ -26,7 +26,7 @@ use ash::vk;
 pub use device::{list_devices, DeviceInfo};
 use device::{Device, Instance};
 use memory::{split_rows, Arena, Pool, RawBuf, WeightChunk, PAD};
-use mixq_format::quant::{dequantize_row, QType, Transform};
+use mixq_format::quant::{dequantize_row, hadamard_signs, QType, Transform};
 use ops::{grid, Recorder};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -97,6 +97,16 @@ pub struct VkWeight {
     chunks: Vec<WeightChunk>,
     /// 1-D tensors (norm weights) decoded to f32 once, as the CPU backend does.
     vector: Option<VkBuf>,
+    /// Stored as W·H: the input is rotated first (hadamard_f32.comp).
+    rotation: Option<Rotation>,
+}
+
+/// The block Hadamard rotation a weight's input undergoes (formats/src/quant/hadamard.rs).
+pub struct Rotation {
+    block: usize,
+    seed: u64,
+    /// The per-column signs s_i = ±1.0, uploaded at load.
+    signs: VkBuf,
 }
 
 /// One layer's KV cache on the device.
@@ -272,13 +282,27 @@ impl VulkanBackend {
                 w.rows
             );
         }
-        if w.transform != Transform::None {
-            bail!(
-                "tensor `{}`: the Vulkan backend does not apply Hadamard-rotated inputs yet \
-                 (run this file with --device cpu)",
-                w.name
-            );
-        }
+        let rotation = match w.transform {
+            Transform::None => None,
+            Transform::BlockHadamard { block, seed } => {
+                w.transform
+                    .check(w.cols)
+                    .map_err(|e| anyhow::anyhow!("tensor `{}`: {e}", w.name))?;
+                if block > 4096 {
+                    bail!(
+                        "tensor `{}`: Hadamard block {block} > 4096 (hadamard_f32.comp's shared array)",
+                        w.name
+                    );
+                }
+                let mut signs = self.try_alloc(w.cols)?;
+                self.try_upload(&hadamard_signs(w.cols, seed), &mut signs)?;
+                Some(Rotation {
+                    block: block as usize,
+                    seed,
+                    signs,
+                })
+            }
+        };
         let mut chunks = Vec::new();
         for (row0, rows) in split_rows(w.rows, row_bytes, self.shared.max_binding)? {
             let bytes = &w.bytes[row0 * row_bytes..(row0 + rows) * row_bytes];
@@ -303,6 +327,7 @@ impl VulkanBackend {
             row_bytes,
             chunks,
             vector,
+            rotation,
         })
     }
 
@@ -378,12 +403,17 @@ impl VulkanBackend {
             "matmul shapes"
         );
         let mut rec = self.rec();
+        let rotated = match &w.rotation {
+            None => None,
+            Some(rot) => Some(self.rotate(&mut rec, rot, x, n, w.cols)?),
+        };
+        let xb = rotated.unwrap_or(x.buffer());
         for c in &w.chunks {
             if n == 1 {
                 rec.dispatch(
                     self.dev(),
                     variant("matvec", w.qtype),
-                    &[c.buffer, x.buffer(), out.buffer()],
+                    &[c.buffer, xb, out.buffer()],
                     &[u(c.rows), u(w.cols), u(w.row_bytes), u(c.row0), 0],
                     grid(u(c.rows.div_ceil(4))),
                 )?;
@@ -391,7 +421,7 @@ impl VulkanBackend {
                 rec.dispatch(
                     self.dev(),
                     variant("matmul", w.qtype),
-                    &[c.buffer, x.buffer(), out.buffer()],
+                    &[c.buffer, xb, out.buffer()],
                     &[
                         u(c.rows),
                         u(w.cols),
@@ -404,7 +434,50 @@ impl VulkanBackend {
                 )?;
             }
         }
+        if rotated.is_some() {
+            // The next matmul with the same input and rotation (up_proj after gate_proj) reuses
+            // it if nothing else is recorded in between.
+            rec.rotated.as_mut().unwrap().valid_at = rec.commands;
+        }
         Ok(())
+    }
+
+    /// Records x·H of `n` rows of `cols` into a scratch buffer and returns it, or returns the
+    /// previous rotation of the same input when no command was recorded since it was used.
+    fn rotate(
+        &self,
+        rec: &mut Recorder,
+        rot: &Rotation,
+        x: &VkBuf,
+        n: usize,
+        cols: usize,
+    ) -> Result<vk::Buffer> {
+        let key = (x.buffer(), n, cols, rot.block, rot.seed);
+        if let Some(c) = &rec.rotated {
+            if c.key == key && c.valid_at == rec.commands {
+                return Ok(c.buf.buffer());
+            }
+        }
+        let out = self.try_alloc(n * cols)?;
+        rec.dispatch(
+            self.dev(),
+            "hadamard_f32",
+            &[x.buffer(), rot.signs.buffer(), out.buffer()],
+            &[
+                u(n),
+                u(cols),
+                u(rot.block),
+                f(1.0 / (rot.block as f32).sqrt()),
+            ],
+            grid(u(n * cols / rot.block)),
+        )?;
+        let b = out.buffer();
+        rec.rotated = Some(ops::RotatedInput {
+            key,
+            valid_at: rec.commands,
+            buf: out,
+        });
+        Ok(b)
     }
 
     fn try_rope(&self, x: &mut VkBuf, n: usize, p: RopeParams) -> Result<()> {

@@ -32,6 +32,18 @@ pub struct Recorder {
     /// RoPE cos/sin tables of the current command buffer, by (pos0, n, half, base, scale) bits:
     /// every layer of a kind shares one. Dropped (returned to the pool) at each submission.
     pub rope_tables: HashMap<[u32; 5], super::VkBuf>,
+    /// The last Hadamard-rotated matmul input (gate_proj and up_proj share it).
+    pub rotated: Option<RotatedInput>,
+}
+
+/// A rotated copy of an activation buffer, valid while no other command is recorded after the
+/// matmul that used it (any later command may have written the source).
+pub struct RotatedInput {
+    /// (source buffer, rows, cols, block, seed)
+    pub key: (vk::Buffer, usize, usize, usize, u64),
+    /// `Recorder::commands` right after the last use.
+    pub valid_at: usize,
+    pub buf: super::VkBuf,
 }
 
 /// Workgroup grid for `groups` one-dimensional groups: (x, y) with x <= 65535
@@ -73,6 +85,7 @@ impl Recorder {
                 submits: 0,
                 dispatches: 0,
                 rope_tables: HashMap::new(),
+                rotated: None,
             })
         }
     }
@@ -211,6 +224,7 @@ impl Recorder {
         self.commands = 0;
         self.submits += 1;
         self.rope_tables.clear();
+        self.rotated = None;
         Ok(())
     }
 
@@ -259,6 +273,7 @@ impl Recorder {
     /// Nothing may be pending (call after submit_wait / device idle).
     pub unsafe fn destroy(&mut self, dev: &Device) {
         self.rope_tables.clear();
+        self.rotated = None;
         self.pipelines.destroy(dev);
         if let Some(b) = self.readback.take() {
             b.destroy(dev);
