@@ -387,3 +387,37 @@ fn one_submission_per_sync_point_and_cached_descriptor_sets() {
     assert!(d1 - d0 >= 11);
     assert_eq!(sets1, sets0, "descriptor sets are reused across steps");
 }
+
+/// The benchmark's figures: copy bandwidth (2 x bytes copied per second), resident weight
+/// bytes, and per-kind GPU times while profiling.
+#[test]
+fn copy_bandwidth_weight_bytes_and_op_times() {
+    let v = vk();
+    let (bw, how) = v.measure_copy_bandwidth_with(8 << 20, 4).unwrap();
+    eprintln!("copy bandwidth {:.2} GB/s ({how})", bw / 1e9);
+    assert!(bw.is_finite() && bw > 1e6, "copy bandwidth {bw}");
+    let before = v.weight_bytes();
+    let w = weight(QType::I4Grouped, 64, 256, 3);
+    let vw = v.load_weight(&w).unwrap();
+    assert!(
+        v.weight_bytes() - before >= w.bytes.len() as u64,
+        "weight bytes"
+    );
+    v.set_profiling(true);
+    let mut x = v.alloc(256);
+    v.upload(&rand_vec(256, 1), &mut x);
+    let mut o = v.alloc(64);
+    v.matmul(&vw, &x, 1, &mut o);
+    let _ = v.download(&o, 64);
+    let times = v.op_times();
+    eprintln!("{times:?}");
+    if v.device_info().name.contains("llvmpipe") {
+        // lavapipe has timestamps: the matvec must show up.
+        assert!(times
+            .iter()
+            .any(|(k, s)| k.starts_with("matvec_i4grouped") && *s >= 0.0));
+    }
+    v.set_profiling(false);
+    v.reset_op_times();
+    assert!(v.op_times().is_empty());
+}

@@ -202,6 +202,8 @@ pub struct Device {
     /// VK_EXT_external_memory_host is enabled (weights may be imported from host memory).
     pub host_import: bool,
     pub min_import_alignment: u64,
+    /// Valid bits of the compute queue's timestamps (0: no timestamps on this queue).
+    pub timestamp_bits: u32,
 }
 
 impl Device {
@@ -273,8 +275,10 @@ impl Device {
                 let mut p2 = vk::PhysicalDeviceProperties2::default().push_next(&mut host_props);
                 ii.get_physical_device_properties2(pd, &mut p2);
             }
+            let timestamp_bits = families[queue_family as usize].timestamp_valid_bits;
             Ok(Device {
                 pd,
+                timestamp_bits,
                 host_import: info.external_memory_host,
                 min_import_alignment: host_props.min_imported_host_pointer_alignment.max(1),
                 info,

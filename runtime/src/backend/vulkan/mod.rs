@@ -207,6 +207,90 @@ impl VulkanBackend {
         (rec.submits, rec.dispatches, rec.pipelines.cached_sets())
     }
 
+    /// Bytes of all weights resident on the device (every tensor's stored rows as placed in
+    /// the weight arena, alignment padding included; norm vectors decoded to f32 not counted).
+    pub fn weight_bytes(&self) -> u64 {
+        self.shared.arena.lock().unwrap().bytes
+    }
+
+    /// Device copy bandwidth in bytes/s: one device-local buffer of `bytes` copied to another
+    /// with `vkCmdCopyBuffer`, `reps` times in one submission (after a warm-up copy), defined as
+    /// **2 x bytes copied per second** (each copied byte is read once and written once), so
+    /// it compares with a kernel's bytes read + written per second. Timed with GPU timestamps
+    /// when the compute queue has them, else with the wall clock around submit + wait (which
+    /// then includes the submission latency: use enough bytes x reps). The benchmark's
+    /// bandwidth efficiency is (weight bytes read per token x tokens/s) / this figure.
+    pub fn measure_copy_bandwidth(&self, bytes: usize, reps: usize) -> Result<f64> {
+        Ok(self.measure_copy_bandwidth_with(bytes, reps)?.0)
+    }
+
+    /// [`Self::measure_copy_bandwidth`] and how it was timed ("gpu timestamps" or "wall
+    /// clock").
+    pub fn measure_copy_bandwidth_with(
+        &self,
+        bytes: usize,
+        reps: usize,
+    ) -> Result<(f64, &'static str)> {
+        let size = (bytes.max(4) as u64).div_ceil(4) * 4;
+        let dev = self.dev();
+        let src = RawBuf::new(dev, size, memory::MemoryUse::GpuOnly)?;
+        let dst = RawBuf::new(dev, size, memory::MemoryUse::GpuOnly)?;
+        let timed = self
+            .rec()
+            .time_copies(dev, src.buffer, dst.buffer, size, reps.max(1));
+        // SAFETY: time_copies waited for its submission; nothing else uses these buffers.
+        unsafe {
+            src.destroy(dev);
+            dst.destroy(dev);
+        }
+        let (secs, how) = timed?;
+        Ok((2.0 * size as f64 / secs.max(1e-12), how))
+    }
+
+    /// Turns per-command GPU timestamps on or off (no-op without timestamp support: see
+    /// [`Self::op_times`]). Costs one timestamp write per command while on.
+    pub fn set_profiling(&self, on: bool) {
+        let mut rec = self.rec();
+        let _ = rec.submit_wait(self.dev());
+        if let Some(p) = rec.profiler.as_mut() {
+            p.enabled = on;
+        }
+    }
+
+    /// GPU seconds per op kind (shader name, "copy", "update") accumulated while profiling
+    /// was on, largest first. Empty when the device has no timestamps.
+    pub fn op_times(&self) -> Vec<(String, f64)> {
+        self.op_stats()
+            .into_iter()
+            .map(|(k, s, _)| (k, s))
+            .collect()
+    }
+
+    /// (op kind, seconds, commands) accumulated while profiling, largest time first.
+    pub fn op_stats(&self) -> Vec<(String, f64, u64)> {
+        let mut rec = self.rec();
+        let _ = rec.submit_wait(self.dev());
+        let mut v: Vec<(String, f64, u64)> = rec
+            .profiler
+            .as_ref()
+            .map(|p| {
+                p.totals
+                    .iter()
+                    .map(|(k, (s, c))| (k.to_string(), *s, *c))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
+
+    /// Clears the accumulated op times.
+    pub fn reset_op_times(&self) {
+        if let Some(p) = self.rec().profiler.as_mut() {
+            p.totals.clear();
+        }
+    }
+
     fn rec(&self) -> MutexGuard<'_, Recorder> {
         self.shared.rec.lock().expect("vulkan recorder poisoned")
     }
@@ -707,6 +791,29 @@ impl Backend for VulkanBackend {
 
     fn load_weight(&self, w: &WeightSource) -> Result<VkWeight> {
         self.try_load_weight(w)
+    }
+
+    /// GPU time per op kind while profiling is on ([`VulkanBackend::set_profiling`]).
+    fn report(&self) -> Option<String> {
+        let stats = self.op_stats();
+        if stats.is_empty() {
+            return None;
+        }
+        let total: f64 = stats.iter().map(|s| s.1).sum();
+        let mut out = format!("vulkan GPU time {:.3} ms:", total * 1e3);
+        for (k, s, c) in stats {
+            out.push_str(&format!(
+                "\n  {k:<28} {:>9.3} ms {:>5.1}% {c:>7} cmds {:>8.2} us/cmd",
+                s * 1e3,
+                100.0 * s / total.max(1e-30),
+                s * 1e6 / c.max(1) as f64
+            ));
+        }
+        Some(out)
+    }
+
+    fn reset_report(&self) {
+        self.reset_op_times()
     }
 
     fn alloc(&self, len: usize) -> VkBuf {

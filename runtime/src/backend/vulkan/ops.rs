@@ -15,6 +15,23 @@ use std::collections::HashMap;
 
 /// Largest payload of one vkCmdUpdateBuffer.
 const UPDATE_MAX: usize = 65536;
+/// Timestamps per command buffer when profiling (one per command, plus the start); commands
+/// past it go unmeasured. A 27B decode step records ~1,000 commands.
+const QUERIES: u32 = 8192;
+
+/// GPU timestamps: one after every command while profiling (consecutive commands are separated
+/// by full barriers, so the difference of two timestamps is the time of one command).
+pub struct Profiler {
+    pool: vk::QueryPool,
+    /// Nanoseconds per timestamp tick.
+    period_ns: f64,
+    /// Timestamps are taken after each command.
+    pub enabled: bool,
+    /// Kind of each command measured in the current command buffer (query i + 1 ends it).
+    marks: Vec<&'static str>,
+    /// Seconds and count per kind since the last reset.
+    pub totals: HashMap<&'static str, (f64, u64)>,
+}
 
 pub struct Recorder {
     cmd_pool: vk::CommandPool,
@@ -34,6 +51,8 @@ pub struct Recorder {
     pub rope_tables: HashMap<[u32; 5], super::VkBuf>,
     /// The last Hadamard-rotated matmul input (gate_proj and up_proj share it).
     pub rotated: Option<RotatedInput>,
+    /// Present when the queue has timestamps (`timestampComputeAndGraphics` or valid bits).
+    pub profiler: Option<Profiler>,
 }
 
 /// A rotated copy of an activation buffer, valid while no other command is recorded after the
@@ -74,7 +93,25 @@ impl Recorder {
                     .command_buffer_count(1),
             )?[0];
             let fence = d.create_fence(&vk::FenceCreateInfo::default(), None)?;
+            let profiler = if dev.timestamp_bits > 0 {
+                let pool = d.create_query_pool(
+                    &vk::QueryPoolCreateInfo::default()
+                        .query_type(vk::QueryType::TIMESTAMP)
+                        .query_count(QUERIES),
+                    None,
+                )?;
+                Some(Profiler {
+                    pool,
+                    period_ns: dev.limits.timestamp_period as f64,
+                    enabled: false,
+                    marks: Vec::new(),
+                    totals: HashMap::new(),
+                })
+            } else {
+                None
+            };
             Ok(Recorder {
+                profiler,
                 cmd_pool,
                 cmd,
                 fence,
@@ -103,6 +140,16 @@ impl Recorder {
                         .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
                 )
                 .context("vkBeginCommandBuffer")?;
+                if let Some(p) = self.profiler.as_mut().filter(|p| p.enabled) {
+                    d.cmd_reset_query_pool(self.cmd, p.pool, 0, QUERIES);
+                    d.cmd_write_timestamp(
+                        self.cmd,
+                        vk::PipelineStageFlags::BOTTOM_OF_PIPE,
+                        p.pool,
+                        0,
+                    );
+                    p.marks.clear();
+                }
             } else {
                 let stages =
                     vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER;
@@ -128,6 +175,53 @@ impl Recorder {
             }
         }
         self.commands += 1;
+        Ok(())
+    }
+
+    /// Ends the command just recorded with a timestamp when profiling.
+    fn mark(&mut self, dev: &Device, kind: &'static str) {
+        if let Some(p) = self.profiler.as_mut().filter(|p| p.enabled) {
+            let q = p.marks.len() as u32 + 1;
+            if q < QUERIES {
+                // SAFETY: recording; query q was reset at the start of this command buffer.
+                unsafe {
+                    dev.device.cmd_write_timestamp(
+                        self.cmd,
+                        vk::PipelineStageFlags::BOTTOM_OF_PIPE,
+                        p.pool,
+                        q,
+                    )
+                };
+                p.marks.push(kind);
+            }
+        }
+    }
+
+    /// Adds the timestamps of the command buffer that just finished to the totals.
+    fn collect(&mut self, dev: &Device) -> Result<()> {
+        let Some(p) = self.profiler.as_mut() else {
+            return Ok(());
+        };
+        if p.marks.is_empty() {
+            return Ok(());
+        }
+        let mut ts = vec![0u64; p.marks.len() + 1];
+        // SAFETY: the queries were written by the command buffer whose fence we waited on.
+        unsafe {
+            dev.device.get_query_pool_results(
+                p.pool,
+                0,
+                &mut ts,
+                vk::QueryResultFlags::TYPE_64 | vk::QueryResultFlags::WAIT,
+            )
+        }
+        .context("vkGetQueryPoolResults")?;
+        for (i, kind) in p.marks.drain(..).enumerate() {
+            let secs = ts[i + 1].saturating_sub(ts[i]) as f64 * p.period_ns * 1e-9;
+            let e = p.totals.entry(kind).or_insert((0.0, 0));
+            e.0 += secs;
+            e.1 += 1;
+        }
         Ok(())
     }
 
@@ -160,6 +254,7 @@ impl Recorder {
             d.cmd_push_constants(self.cmd, layout, vk::ShaderStageFlags::COMPUTE, 0, &bytes);
             d.cmd_dispatch(self.cmd, groups.0, groups.1, groups.2);
         }
+        self.mark(dev, name);
         self.dispatches += 1;
         Ok(())
     }
@@ -178,6 +273,7 @@ impl Recorder {
         self.next_command(dev)?;
         // SAFETY: recording; the regions lie inside both buffers (callers check lengths).
         unsafe { dev.device.cmd_copy_buffer(self.cmd, src, dst, regions) };
+        self.mark(dev, "copy");
         Ok(())
     }
 
@@ -197,6 +293,7 @@ impl Recorder {
                 dev.device
                     .cmd_update_buffer(self.cmd, dst, offset + (i * UPDATE_MAX) as u64, piece)
             };
+            self.mark(dev, "update");
         }
         Ok(())
     }
@@ -223,6 +320,7 @@ impl Recorder {
         }
         self.commands = 0;
         self.submits += 1;
+        self.collect(dev)?;
         self.rope_tables.clear();
         self.rotated = None;
         Ok(())
@@ -269,6 +367,77 @@ impl Recorder {
         Ok(out)
     }
 
+    /// Seconds one `vkCmdCopyBuffer` of `size` bytes from `src` to `dst` takes, averaged over
+    /// `reps` copies in one command buffer (after one unmeasured warm-up copy): GPU timestamps
+    /// around the copies when the queue has them, else the wall clock around submit + wait.
+    /// Returns (seconds per copy, "gpu timestamps" | "wall clock").
+    pub fn time_copies(
+        &mut self,
+        dev: &Device,
+        src: vk::Buffer,
+        dst: vk::Buffer,
+        size: u64,
+        reps: usize,
+    ) -> Result<(f64, &'static str)> {
+        self.submit_wait(dev)?;
+        let region = [vk::BufferCopy {
+            src_offset: 0,
+            dst_offset: 0,
+            size,
+        }];
+        self.copy(dev, src, dst, &region)?;
+        self.submit_wait(dev)?;
+        let profiling = self.profiler.as_ref().is_some_and(|p| p.enabled);
+        if let Some(p) = self.profiler.as_mut() {
+            p.enabled = false;
+        }
+        let pool = self.profiler.as_ref().map(|p| (p.pool, p.period_ns));
+        // Begins the command buffer (the copies below each get their barrier).
+        self.next_command(dev)?;
+        let d = &dev.device;
+        if let Some((qp, _)) = pool {
+            // SAFETY: recording; queries 0 and 1 are reset before they are written.
+            unsafe {
+                d.cmd_reset_query_pool(self.cmd, qp, 0, 2);
+                d.cmd_write_timestamp(self.cmd, vk::PipelineStageFlags::TOP_OF_PIPE, qp, 0);
+            }
+        }
+        for _ in 0..reps {
+            self.copy(dev, src, dst, &region)?;
+        }
+        if let Some((qp, _)) = pool {
+            // SAFETY: as above.
+            unsafe {
+                d.cmd_write_timestamp(self.cmd, vk::PipelineStageFlags::BOTTOM_OF_PIPE, qp, 1)
+            };
+        }
+        let t0 = std::time::Instant::now();
+        self.submit_wait(dev)?;
+        let wall = t0.elapsed().as_secs_f64();
+        if let Some(p) = self.profiler.as_mut() {
+            p.enabled = profiling;
+        }
+        let reps = reps.max(1) as f64;
+        match pool {
+            Some((qp, period_ns)) => {
+                let mut ts = [0u64; 2];
+                // SAFETY: the command buffer that wrote both queries has finished.
+                unsafe {
+                    d.get_query_pool_results(
+                        qp,
+                        0,
+                        &mut ts,
+                        vk::QueryResultFlags::TYPE_64 | vk::QueryResultFlags::WAIT,
+                    )
+                }
+                .context("vkGetQueryPoolResults")?;
+                let secs = ts[1].saturating_sub(ts[0]) as f64 * period_ns * 1e-9;
+                Ok((secs / reps, "gpu timestamps"))
+            }
+            None => Ok((wall / reps, "wall clock")),
+        }
+    }
+
     /// # Safety
     /// Nothing may be pending (call after submit_wait / device idle).
     pub unsafe fn destroy(&mut self, dev: &Device) {
@@ -280,6 +449,9 @@ impl Recorder {
         }
         if let Some(b) = self.staging.take() {
             b.destroy(dev);
+        }
+        if let Some(p) = self.profiler.take() {
+            dev.device.destroy_query_pool(p.pool, None);
         }
         dev.device.destroy_fence(self.fence, None);
         dev.device.destroy_command_pool(self.cmd_pool, None);
