@@ -590,7 +590,19 @@ impl<G: Backend> Backend for HybridBackend<G> {
 
     fn reset_report(&self) {
         self.stats.reset();
+        self.g.reset_report();
     }
+}
+
+/// `store` on `npu+cpu`: what the quality report scores for its NPU figures
+/// (`QualityReport::end_to_end_npu`: pass this model as the quantized side of
+/// `mixq_quantizer::eval::evaluate_models`).
+pub fn load_npu_cpu(
+    store: &dyn crate::weights::WeightStore,
+    threads: Option<usize>,
+) -> Result<crate::Gemma3<HybridBackend<super::cpu::CpuBackend>>> {
+    let be = HybridBackend::new(super::cpu::CpuBackend::new(threads)?, "cpu", store.config())?;
+    crate::Gemma3::load(store, be)
 }
 
 fn dev_w<W>(w: &HybridWeight<W>) -> &W {

@@ -198,6 +198,12 @@ pub fn report<G: Backend>(h: &HybridBackend<G>) -> String {
         tally.embed_bytes as f64 / 1e6,
         tally.other_bytes as f64 / 1e6,
     );
+    if let Some(r) = h.g.report() {
+        let _ = writeln!(o, "  {} backend's own report:", h.name);
+        for line in r.lines() {
+            let _ = writeln!(o, "    {line}");
+        }
+    }
     let context = (s.context.load(Relaxed) as usize).max(1);
     let bytes = ModelBytes::from_tally(&tally, h.config());
     match projection::Projection::decode(h.config(), &bytes, context) {
