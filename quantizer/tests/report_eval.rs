@@ -107,3 +107,110 @@ fn eval_timing() {
         e.ppl_ref
     );
 }
+
+/// `report FILE --eval TEXT` end to end: a `.mixq` holding the checkpoint's own bf16 bytes
+/// (no quantization) must retain exactly 100 % against the checkpoint; the calibration text is
+/// refused as evaluation text; inspect and verify accept the file.
+#[test]
+fn report_eval_of_an_exact_copy_is_100_percent() {
+    use mixq_format::checkpoint::{expected_tensors, DType, HfCheckpoint};
+    use mixq_format::mixq::{FileMeta, MixqWriter, Recipe, BLOB_REPORT, BLOB_TOKENIZER};
+    use mixq_format::profile::{plan, DeviceProfile, TensorSpec};
+    use mixq_format::quant::QType;
+    use mixq_quantizer::report::{CalibrationSummary, QualityReport};
+
+    let model = model_dir();
+    let ck = HfCheckpoint::open(&model).unwrap();
+    let names = expected_tensors(ck.config());
+    let specs: Vec<TensorSpec> = names
+        .iter()
+        .map(|(name, shape)| {
+            let q = match ck.tensor(name).unwrap().dtype {
+                DType::BF16 => QType::BF16,
+                DType::F16 => QType::F16,
+                DType::F32 => QType::F32,
+            };
+            TensorSpec::new(name.clone(), q, shape)
+        })
+        .collect();
+    let p = plan(&specs, &DeviceProfile::cpu()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("copy.mixq");
+    let meta = FileMeta {
+        config: ck.config().clone(),
+        config_json: ck.config_json().to_string(),
+        recipe: Recipe {
+            name: "copy".into(),
+            options: serde_json::Value::Null,
+        },
+    };
+    let mut w = MixqWriter::create(&path, p, meta).unwrap();
+    for (name, _) in &names {
+        w.write_tensor(name, ck.tensor(name).unwrap().data).unwrap();
+    }
+    w.add_blob(
+        BLOB_TOKENIZER,
+        &std::fs::read(ck.tokenizer_json_path()).unwrap(),
+    )
+    .unwrap();
+    let calib = workspace().join("models/data/calib.txt");
+    let report = QualityReport {
+        model: model.display().to_string(),
+        recipe: "copy".into(),
+        profile: "cpu".into(),
+        calibration: CalibrationSummary {
+            source: calib.display().to_string(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    w.add_blob(BLOB_REPORT, &serde_json::to_vec(&report).unwrap())
+        .unwrap();
+    let path = w.finish().unwrap();
+
+    let bin = env!("CARGO_BIN_EXE_mixq-quantize");
+    let eval = workspace().join("models/data/eval.txt");
+    let out = std::process::Command::new(bin)
+        .arg("report")
+        .arg(&path)
+        .arg("--eval")
+        .arg(&eval)
+        .args(["--eval-tokens", "32", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("{v:#}");
+    let e = &v["end_to_end"];
+    assert_eq!(e["tokens"], 32);
+    assert_eq!(e["retention_ppl_pct"], 100.0);
+    assert_eq!(e["kl_mean"], 0.0);
+    assert_eq!(e["top1_agreement"], 1.0);
+
+    let out = std::process::Command::new(bin)
+        .arg("report")
+        .arg(&path)
+        .arg("--eval")
+        .arg(&calib)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("calibration text"));
+
+    for cmd in ["inspect", "verify"] {
+        let out = std::process::Command::new(bin)
+            .arg(cmd)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
