@@ -28,7 +28,8 @@ const WEIGHT_OPS: [(&str, &str); 3] = [
 ];
 
 /// Ops on f32 activations only.
-const F32_OPS: [&str; 7] = [
+const F32_OPS: [&str; 8] = [
+    "attention_combine_f32",
     "hadamard_f32",
     "rms_norm_f32",
     "rope_f32",

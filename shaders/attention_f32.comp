@@ -5,6 +5,11 @@
 // CPU backend does. Keys are taken in blocks of 64 with an online softmax (running max and sum),
 // so no score array of context length is needed; each invocation owns head_dim / 64 output
 // dimensions. The host stores the batch into the cache after this dispatch.
+//
+// Split-K (flash-decoding): the grid's z dimension splits each query's key range into `splits`
+// chunks of `chunk` keys, so a decode step over a long context runs heads x splits workgroups
+// instead of one per head. With splits > 1 each workgroup writes its un-normalized partial
+// (running max m, sum l, acc[head_dim]) to `part`, and attention_combine_f32 merges them.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
@@ -20,6 +25,8 @@ layout(push_constant) uniform Params {
     uint ring;    // cache slots of a ring, 0: linear cache
     float scale;
     float softcap; // 0: none
+    uint chunk;    // keys per split (multiple of 64)
+    uint splits;   // 1: write `o` directly
 } p;
 
 layout(set = 0, binding = 0) readonly buffer Q { float q[]; };
@@ -28,6 +35,9 @@ layout(set = 0, binding = 2) readonly buffer V { float v[]; };
 layout(set = 0, binding = 3) readonly buffer KC { float kc[]; };
 layout(set = 0, binding = 4) readonly buffer VC { float vc[]; };
 layout(set = 0, binding = 5) writeonly buffer O { float o[]; };
+// (n * heads * splits) records of head_dim + 2 floats: m, l, acc[head_dim]. Unused (bound to
+// `o` again) when splits == 1.
+layout(set = 0, binding = 6) writeonly buffer Part { float part[]; };
 
 const uint MAX_DIMS = 8u; // head_dim <= 512
 shared float qs[512];
@@ -54,6 +64,9 @@ void main() {
     uint kvh = h / (p.heads / p.kv_heads);
     uint pos = p.pos0 + t;
     uint first = (p.window > 0u && pos + 1u > p.window) ? pos + 1u - p.window : 0u;
+    uint split = gl_WorkGroupID.z;
+    uint lo = first + split * p.chunk;          // this split's keys: lo ..= hi
+    uint hi = min(pos, lo + p.chunk - 1u);
 
     for (uint i = tid; i < d; i += 64u) {
         qs[i] = q[(t * p.heads + h) * d + i];
@@ -66,10 +79,10 @@ void main() {
     for (uint i = 0u; i < MAX_DIMS; i++) {
         acc[i] = 0.0;
     }
-    for (uint kb = first; kb <= pos; kb += 64u) {
+    for (uint kb = lo; kb <= hi; kb += 64u) {
         uint kp = kb + tid;
         float s = -1.0 / 0.0;
-        if (kp <= pos) {
+        if (kp <= hi) {
             bool cached;
             uint r = kv_row(kp, kv_dim, cached) + kvh * d;
             float dotv = 0.0;
@@ -85,7 +98,7 @@ void main() {
         }
         sc[tid] = s;
         barrier();
-        uint count = min(64u, pos + 1u - kb);
+        uint count = min(64u, hi + 1u - kb);
         float bm = m;
         for (uint j = 0u; j < count; j++) {
             bm = max(bm, sc[j]);
@@ -110,10 +123,25 @@ void main() {
         m = bm;
         barrier();
     }
+    if (p.splits == 1u) {
+        for (uint i = 0u; i < MAX_DIMS; i++) {
+            uint dim = tid + 64u * i;
+            if (dim < d) {
+                o[(t * p.heads + h) * d + dim] = acc[i] / l;
+            }
+        }
+        return;
+    }
+    // An empty split (lo > pos: early tokens of a batch) leaves m = -inf, l = 0, acc = 0.
+    uint rec = (idx * p.splits + split) * (d + 2u);
+    if (tid == 0u) {
+        part[rec] = m;
+        part[rec + 1u] = l;
+    }
     for (uint i = 0u; i < MAX_DIMS; i++) {
         uint dim = tid + 64u * i;
         if (dim < d) {
-            o[(t * p.heads + h) * d + dim] = acc[i] / l;
+            part[rec + 2u + dim] = acc[i];
         }
     }
 }

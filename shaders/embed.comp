@@ -8,16 +8,15 @@ layout(local_size_x = 256) in;
 layout(push_constant) uniform Params {
     uint count;     // (row, dst) pairs
     uint cols;
-    uint row_bytes;
+    uint stride;    // bytes per device row (weights.glsl)
     float scale;
+    uint codes_at;
 } p;
 
 layout(set = 0, binding = 0) readonly buffer W { uint w[]; };
 layout(set = 0, binding = 1) readonly buffer Ids { uvec2 ids[]; };
 layout(set = 0, binding = 2) writeonly buffer O { float o[]; };
 
-// weights.glsl's row_dot reads x; embed never calls it.
-float x[1];
 #include "weights.glsl"
 
 void main() {
@@ -27,5 +26,5 @@ void main() {
     }
     uint pair = i / p.cols, k = i % p.cols;
     uvec2 id = ids[pair];
-    o[id.y * p.cols + k] = w_elem(id.x * p.row_bytes, k) * p.scale;
+    o[id.y * p.cols + k] = w_elem(id.x * p.stride, k) * p.scale;
 }

@@ -1,10 +1,14 @@
 #version 450
 // One pass of the device top-k (k <= 64): each workgroup takes 4096 candidates (256 invocations
 // x 16), every invocation sorts its 16, then k rounds of a workgroup arg-max pick the
-// workgroup's k best in order. Pass 1 reads plain values (index = position); later passes read
+// workgroup's k best in order. A round is a subgroup arg-max (subgroupMax on the value, then
+// subgroupMin on the index among the ties), one shared slot per subgroup, and a scan of those
+// slots: two barriers per round instead of a log2(256)-step shared-memory tree. Pass 1 reads plain values (index = position); later passes read
 // the (value, index) pairs of the previous pass, until one workgroup remains and k pairs go
 // back to the host. Order: larger value first, ties by lower index (as the CPU backend).
 #extension GL_GOOGLE_include_directive : require
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
 #include "common.glsl"
 
 layout(local_size_x = 256) in;
@@ -24,9 +28,9 @@ const uint PER = 16u;
 const uint CHUNK = 256u * PER;
 const float NEG_INF = -1.0 / 0.0;
 
-shared float sv[256];
-shared uint si[256];
-shared uint st[256];
+// One slot per subgroup (subgroups are at least 4 wide).
+shared float sv[64];
+shared uint si[64];
 
 bool better(float a, uint ia, float b, uint ib) {
     return a > b || (a == b && ia < ib);
@@ -58,23 +62,30 @@ void main() {
     }
     uint head = 0u;
     for (uint r = 0u; r < p.k; r++) {
-        sv[tid] = head < cnt ? lv[head] : NEG_INF;
-        si[tid] = head < cnt ? li[head] : 0xffffffffu;
-        st[tid] = tid;
+        float v = head < cnt ? lv[head] : NEG_INF;
+        uint ix = head < cnt ? li[head] : 0xffffffffu;
+        float m = subgroupMax(v);
+        uint mi = subgroupMin(v == m ? ix : 0xffffffffu);
+        if (subgroupElect()) {
+            sv[gl_SubgroupID] = m;
+            si[gl_SubgroupID] = mi;
+        }
         barrier();
-        for (uint s = 128u; s > 0u; s >>= 1u) {
-            if (tid < s && better(sv[tid + s], si[tid + s], sv[tid], si[tid])) {
-                sv[tid] = sv[tid + s];
-                si[tid] = si[tid + s];
-                st[tid] = st[tid + s];
+        float bv = sv[0];
+        uint bi = si[0];
+        for (uint s = 1u; s < gl_NumSubgroups; s++) {
+            if (better(sv[s], si[s], bv, bi)) {
+                bv = sv[s];
+                bi = si[s];
             }
-            barrier();
         }
         if (tid == 0u) {
-            vout[g * p.k + r] = sv[0];
-            iout[g * p.k + r] = si[0];
+            vout[g * p.k + r] = bv;
+            iout[g * p.k + r] = bi;
         }
-        if (st[0] == tid) {
+        // Indices are unique, so exactly one invocation owns the winner (exhausted lists all
+        // match the padding (-inf, ~0) and advance harmlessly).
+        if (v == bv && ix == bi) {
             head++;
         }
         barrier();

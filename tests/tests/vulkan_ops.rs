@@ -180,6 +180,30 @@ fn matmul_hadamard_rotated_inputs() {
     }
 }
 
+/// Decode matvec at the row counts that select 1, 2 and 4 rows per workgroup and 64 or 128
+/// invocations (matvec_shape in vulkan/mod.rs), for every weight format.
+#[test]
+fn matvec_workgroup_shapes() {
+    let (c, v) = (cpu(), vk());
+    for q in QType::ALL {
+        for (rows, cols) in [(2051, 128), (515, 1536), (300, 6144)] {
+            let w = weight(q, rows, cols, q as u64 + rows as u64);
+            let (cw, vw) = (c.load_weight(&w).unwrap(), v.load_weight(&w).unwrap());
+            let x = rand_vec(cols, 77);
+            let (cx, vx) = bufs(&c, &v, &x);
+            let (mut co, mut vo) = (c.alloc(rows), v.alloc(rows));
+            c.matmul(&cw, &cx, 1, &mut co);
+            v.matmul(&vw, &vx, 1, &mut vo);
+            check(
+                &format!("matvec {} {rows}x{cols}", q.name()),
+                &v.download(&vo, rows),
+                &co,
+                NMSE_F32,
+            );
+        }
+    }
+}
+
 #[test]
 fn matvec_odd_columns_f16_bf16_f32() {
     let (c, v) = (cpu(), vk());
@@ -330,6 +354,50 @@ fn attention_prefill_then_decode_ring_and_global() {
                     NMSE_F32,
                 );
             }
+        }
+    }
+}
+
+/// Split-K attention (flash-decoding: attention_f32 partials + attention_combine_f32): a
+/// prefill whose early tokens leave later splits empty, then decode over ~500 keys in up to
+/// 8 splits, for Gemma 3's head_dim 256, a GQA shape and a sliding window.
+#[test]
+fn attention_split_k() {
+    let (c, v) = (cpu(), vk());
+    for (heads, kv_heads, d, window) in
+        [(1, 1, 256, None), (8, 2, 128, None), (2, 1, 64, Some(300))]
+    {
+        let (qd, kd) = (heads * d, kv_heads * d);
+        let mut ckv = c.new_kv(kd, window);
+        let mut vkv = v.new_kv(kd, window);
+        let steps = [(0, 100), (100, 400), (500, 1), (501, 1), (502, 3)];
+        for (pos0, n) in steps {
+            let seed = pos0 as u64 * 7 + heads as u64;
+            let q = rand_vec(n * qd, seed + 1);
+            let k: Vec<f32> = rand_vec(n * kd, seed + 2).iter().map(|a| a * 3.0).collect();
+            let vv = rand_vec(n * kd, seed + 3);
+            let (cq, vq) = bufs(&c, &v, &q);
+            let (ck, vk_) = bufs(&c, &v, &k);
+            let (cv, vv_) = bufs(&c, &v, &vv);
+            let (mut co, mut vo) = (c.alloc(n * qd), v.alloc(n * qd));
+            let p = AttnParams {
+                n,
+                pos0,
+                heads,
+                kv_heads,
+                head_dim: d,
+                window,
+                scale: 1.0 / (d as f32).sqrt(),
+                softcap: None,
+            };
+            c.attention(&mut ckv, &cq, &ck, &cv, &mut co, p);
+            v.attention(&mut vkv, &vq, &vk_, &vv_, &mut vo, p);
+            check(
+                &format!("split-K attention heads={heads} d={d} pos0={pos0} n={n}"),
+                &v.download(&vo, n * qd),
+                &co,
+                NMSE_F32,
+            );
         }
     }
 }

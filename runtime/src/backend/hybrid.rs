@@ -90,7 +90,10 @@ pub struct NpuWeight {
 pub enum HybridWeight<W> {
     Npu(NpuWeight),
     /// A `G` weight; `host` holds 1-D tensors (norm weights) decoded for NPU-side QK-norm.
-    Dev { w: W, host: Option<Vec<f32>> },
+    Dev {
+        w: W,
+        host: Option<Vec<f32>>,
+    },
 }
 
 /// One layer's KV cache, host-side in bf16 as the NPU engine reads it (a ring of `window`
@@ -316,7 +319,10 @@ impl<G: Backend> Backend for HybridBackend<G> {
     }
 
     fn load_weight(&self, w: &WeightSource) -> Result<Self::Weight> {
-        let on_npu = w.section.as_deref().is_some_and(|s| s.starts_with("npu.bank"))
+        let on_npu = w
+            .section
+            .as_deref()
+            .is_some_and(|s| s.starts_with("npu.bank"))
             && matches!(w.qtype, QType::I4Grouped | QType::I4PerChannel);
         self.tally.lock().unwrap().add(w, on_npu);
         if on_npu {
@@ -348,7 +354,11 @@ impl<G: Backend> Backend for HybridBackend<G> {
                 rotation,
             }));
         }
-        if is_attn_proj(&w.name) && w.section.as_deref().is_some_and(|s| s.starts_with("npu.bank")) {
+        if is_attn_proj(&w.name)
+            && w.section
+                .as_deref()
+                .is_some_and(|s| s.starts_with("npu.bank"))
+        {
             bail!(
                 "tensor `{}` is in {} as {}: the NPU engine reads int4 (I4_GROUPED, I4_PER_CHANNEL) only",
                 w.name,
@@ -383,7 +393,9 @@ impl<G: Backend> Backend for HybridBackend<G> {
 
     fn download(&self, buf: &Self::Buf, len: usize) -> Vec<f32> {
         match buf.state.get() {
-            Residency::Both(n) | Residency::Host(n) if n >= len => buf.host.borrow()[..len].to_vec(),
+            Residency::Both(n) | Residency::Host(n) if n >= len => {
+                buf.host.borrow()[..len].to_vec()
+            }
             _ => {
                 let t = Timer::start();
                 let v = self.g.download(&self.dev(buf), len);
@@ -410,7 +422,8 @@ impl<G: Backend> Backend for HybridBackend<G> {
 
     fn embed(&self, table: &Self::Weight, ids: &[u32], scale: f32, out: &mut Self::Buf) {
         let t = Timer::start();
-        self.g.embed(dev_w(table), ids, scale, &mut self.dev_mut(out));
+        self.g
+            .embed(dev_w(table), ids, scale, &mut self.dev_mut(out));
         self.stats.dev(t);
     }
 
@@ -478,7 +491,10 @@ impl<G: Backend> Backend for HybridBackend<G> {
         let q_dim = p.heads * d;
         assert!(p.softcap.is_none(), "NPU attention: no logit soft-capping");
         assert_eq!(kv.kv_dim, kv_dim, "KV cache width");
-        assert_eq!(kv.len, p.pos0, "attention batch must start where the cache ends");
+        assert_eq!(
+            kv.len, p.pos0,
+            "attention batch must start where the cache ends"
+        );
         let (qh, kh, vh) = (
             self.host_view(q, p.n * q_dim),
             self.host_view(k, p.n * kv_dim),
@@ -551,7 +567,8 @@ impl<G: Backend> Backend for HybridBackend<G> {
             }
         }
         kv.len = hi;
-        self.stats.npu_attention(t, p.n, hi, self.config.num_hidden_layers);
+        self.stats
+            .npu_attention(t, p.n, hi, self.config.num_hidden_layers);
         drop((qh, kh, vh));
         self.set_host(out, rows.concat());
     }

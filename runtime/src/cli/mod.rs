@@ -1,5 +1,7 @@
 //! The `mixq-run` command line: one file per subcommand.
 
+pub mod bench;
+pub mod chat;
 pub mod devices;
 pub mod generate;
 pub mod model;
@@ -24,6 +26,10 @@ pub struct Cli {
 pub enum Command {
     /// Generate text after a prompt, streaming it to stdout.
     Generate(generate::GenerateArgs),
+    /// Talk with the model: Gemma 3's chat template, multi-turn, streamed replies.
+    Chat(chat::ChatArgs),
+    /// Measure prefill and decode speed, time to first token, load time and peak memory.
+    Bench(bench::BenchArgs),
     /// List the devices mixq can use here (CPU features, GPUs, NPU).
     Devices(devices::DevicesArgs),
 }
@@ -31,6 +37,8 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Devices(a) => devices::run(a),
     }
 }

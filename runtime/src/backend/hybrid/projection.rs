@@ -79,7 +79,11 @@ impl ModelBytes {
             [Some(q), Some(k), Some(v), Some(o)] => (AttnQTypes { q, k, v, o }, false),
             _ => (AttnQTypes::optimal(), true),
         };
-        let lm = if t.lm_head_bytes > 0 { t.lm_head_bytes } else { t.embed_bytes };
+        let lm = if t.lm_head_bytes > 0 {
+            t.lm_head_bytes
+        } else {
+            t.embed_bytes
+        };
         ModelBytes {
             attn_qtypes,
             qtypes_assumed,
@@ -95,7 +99,8 @@ impl ModelBytes {
     pub fn optimal_recipe(c: &Gemma3Config) -> Result<ModelBytes> {
         let (h, i) = (c.hidden_size as u64, c.intermediate_size as u64);
         let l = c.num_hidden_layers as f64;
-        let ffn = 2 * QType::I2Structured.tensor_bytes_u64(i, h)? + QType::I4Grouped.tensor_bytes_u64(h, i)?;
+        let ffn = 2 * QType::I2Structured.tensor_bytes_u64(i, h)?
+            + QType::I4Grouped.tensor_bytes_u64(h, i)?;
         let norms = (4 * h + 2 * c.head_dim as u64) * 4;
         Ok(ModelBytes {
             attn_qtypes: AttnQTypes::optimal(),
@@ -137,7 +142,8 @@ pub struct Projection {
 impl Projection {
     pub fn decode(cfg: &Gemma3Config, bytes: &ModelBytes, context: usize) -> Result<Projection> {
         let spec = NpuSpec::phoenix();
-        let cal = TimingModel::calibrated(spec.clone()).predict(cfg, &bytes.attn_qtypes, context, 1)?;
+        let cal =
+            TimingModel::calibrated(spec.clone()).predict(cfg, &bytes.attn_qtypes, context, 1)?;
         let roof = TimingModel::roofline(spec).predict(cfg, &bytes.attn_qtypes, context, 1)?;
         let g = Igpu::radeon_780m();
         let layers = cfg.num_hidden_layers;
@@ -149,13 +155,17 @@ impl Projection {
         let all = attn_bytes + bytes.ffn_bytes + bytes.other_bytes + bytes.lm_head_bytes;
         let bw = all / g.dram_bytes_per_s;
         let hybrid_calibrated_s = cal.total_s + gpu_ffn_s + gpu_lm_head_s + handoffs_s;
-        let hybrid_roofline_s =
-            roof.total_s + (bytes.ffn_bytes + bytes.other_bytes + bytes.lm_head_bytes) / g.dram_bytes_per_s;
+        let hybrid_roofline_s = roof.total_s
+            + (bytes.ffn_bytes + bytes.other_bytes + bytes.lm_head_bytes) / g.dram_bytes_per_s;
         let two = cal.total_s.max(gpu_ffn_s + gpu_lm_head_s).max(bw) + handoffs_s;
         Ok(Projection {
             config_name: format!(
                 "Gemma 3 shape hidden {} x {} layers, {} heads / {} KV heads x {}",
-                cfg.hidden_size, layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+                cfg.hidden_size,
+                layers,
+                cfg.num_attention_heads,
+                cfg.num_key_value_heads,
+                cfg.head_dim
             ),
             context,
             bytes: bytes.clone(),
@@ -193,7 +203,12 @@ pub struct PrefillProjection {
     pub gpu_busy_s: f64,
 }
 
-pub fn prefill(cfg: &Gemma3Config, bytes: &ModelBytes, tokens: usize, chunk: usize) -> Result<PrefillProjection> {
+pub fn prefill(
+    cfg: &Gemma3Config,
+    bytes: &ModelBytes,
+    tokens: usize,
+    chunk: usize,
+) -> Result<PrefillProjection> {
     let g = Igpu::radeon_780m();
     let tm = TimingModel::calibrated(NpuSpec::phoenix());
     let layers = cfg.num_hidden_layers;
@@ -218,7 +233,10 @@ pub fn prefill(cfg: &Gemma3Config, bytes: &ModelBytes, tokens: usize, chunk: usi
     }
     let serial_s: f64 = dur.iter().flatten().sum();
     let npu_busy_s = dur.iter().map(|d| d.iter().step_by(2).sum::<f64>()).sum();
-    let gpu_busy_s = dur.iter().map(|d| d.iter().skip(1).step_by(2).sum::<f64>()).sum();
+    let gpu_busy_s = dur
+        .iter()
+        .map(|d| d.iter().skip(1).step_by(2).sum::<f64>())
+        .sum();
     // List scheduling: repeatedly start the ready stage that can start earliest.
     let stages = 2 * layers;
     let mut end = vec![vec![f64::NAN; stages]; chunks];
@@ -297,7 +315,11 @@ impl fmt::Display for Projection {
         writeln!(
             f,
             "  by these numbers offloading attention to the NPU {} ({:.2} vs {:.2} ms per token)",
-            if self.offload_helps() { "helps" } else { "hurts" },
+            if self.offload_helps() {
+                "helps"
+            } else {
+                "hurts"
+            },
             m(self.hybrid_calibrated_s),
             m(self.gpu_only_s)
         )?;

@@ -65,7 +65,10 @@ impl WeightStore for NpuAttentionStore {
             section: Some("npu.bank0".into()),
             ..src
         };
-        self.cache.lock().unwrap().insert(name.to_string(), w.clone());
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), w.clone());
         Ok(w)
     }
 

@@ -55,7 +55,11 @@ fn sliding_ring_prefill_equals_decode() {
             &mut o,
             p(1, t),
         );
-        assert_eq!(h.download(&o, qd), &batched[t * qd..(t + 1) * qd], "token {t}");
+        assert_eq!(
+            h.download(&o, qd),
+            &batched[t * qd..(t + 1) * qd],
+            "token {t}"
+        );
     }
 }
 

@@ -93,7 +93,11 @@ pub struct VkWeight {
     qtype: QType,
     rows: usize,
     cols: usize,
-    row_bytes: usize,
+    /// Bytes per device row: the stored row repacked with 16-byte aligned codes
+    /// ([`DeviceRows`]).
+    stride: usize,
+    /// Byte offset of the codes in a device row.
+    codes_at: usize,
     chunks: Vec<WeightChunk>,
     /// 1-D tensors (norm weights) decoded to f32 once, as the CPU backend does.
     vector: Option<VkBuf>,
@@ -154,6 +158,80 @@ fn variant(op: &str, q: QType) -> &'static str {
         .find(|(n, _)| *n == name)
         .map(|(n, _)| *n)
         .unwrap_or_else(|| panic!("shader {name} missing from build.rs's table"))
+}
+
+/// How a weight's rows lie on the device: each stored row (formats/SPEC.md,
+/// `[params][codes]`) with its params padded to 16 bytes and the row padded to 16 bytes, so
+/// every row and every code array starts 16-byte aligned and matvec.comp reads codes as `uvec4`.
+/// F32/F16/BF16 rows have no params: only the row end is padded.
+struct DeviceRows {
+    row_bytes: usize,
+    params: usize,
+    codes_at: usize,
+    stride: usize,
+}
+
+impl DeviceRows {
+    fn new(q: QType, cols: usize, row_bytes: usize) -> DeviceRows {
+        let params = q.row_param_bytes(cols);
+        let codes_at = params.next_multiple_of(16);
+        let stride = codes_at + (row_bytes - params).next_multiple_of(16);
+        DeviceRows {
+            row_bytes,
+            params,
+            codes_at,
+            stride,
+        }
+    }
+
+    /// The device image of whole stored rows (zero padding).
+    fn repack(&self, rows: &[u8]) -> Vec<u8> {
+        let n = rows.len() / self.row_bytes;
+        let mut out = vec![0u8; n * self.stride];
+        for (src, dst) in rows
+            .chunks_exact(self.row_bytes)
+            .zip(out.chunks_exact_mut(self.stride))
+        {
+            dst[..self.params].copy_from_slice(&src[..self.params]);
+            dst[self.codes_at..self.codes_at + self.row_bytes - self.params]
+                .copy_from_slice(&src[self.params..]);
+        }
+        out
+    }
+}
+
+/// Split-K of attention_f32 for `rows` (token, head) pairs whose longest key range is `span`:
+/// (keys per split, splits). Splits only when there are fewer than 256 pairs (decode, short
+/// prefills): then up to 256 / rows splits of at least 64 keys (one key block), so a 4096-token
+/// decode of 8 heads runs 8 x 32 workgroups of 128 keys each instead of 8 workgroups.
+fn attention_splits(rows: usize, span: usize) -> (usize, usize) {
+    let want = (256 / rows.max(1)).max(1).min(span.div_ceil(64)).max(1);
+    let chunk = span.div_ceil(want).next_multiple_of(64).max(64);
+    (chunk, span.div_ceil(chunk).max(1))
+}
+
+/// Specialization of matvec.comp for a chunk of `rows` rows of `cols`: (workgroup size, rows
+/// per workgroup). 128 invocations when a row has at least 96 granules of 16 bytes, else 64
+/// (short rows would leave most of 128 idle); 4 rows per workgroup when that still gives >= 512
+/// workgroups (about 4 per SM on a 132-SM H100, each with 4 independent 16-byte loads in flight
+/// per invocation), 2 rows down to 256 workgroups, else 1.
+fn matvec_shape(q: QType, cols: usize, rows: usize) -> (u32, u32) {
+    let epg = match q {
+        QType::F32 => 4,
+        QType::F16 | QType::BF16 => 8,
+        QType::I8Sym | QType::I8Asym => 16,
+        QType::I4Grouped | QType::I4PerChannel => 32,
+        QType::I2Structured => 64,
+    };
+    let wg = if cols / epg >= 96 { 128 } else { 64 };
+    let per = if rows >= 4 * 512 {
+        4
+    } else if rows >= 2 * 256 {
+        2
+    } else {
+        1
+    };
+    (wg, per)
 }
 
 fn f(v: f32) -> u32 {
@@ -387,12 +465,14 @@ impl VulkanBackend {
                 })
             }
         };
+        let layout = DeviceRows::new(w.qtype, w.cols, row_bytes);
         let mut chunks = Vec::new();
-        for (row0, rows) in split_rows(w.rows, row_bytes, self.shared.max_binding)? {
+        for (row0, rows) in split_rows(w.rows, layout.stride, self.shared.max_binding)? {
             let bytes = &w.bytes[row0 * row_bytes..(row0 + rows) * row_bytes];
-            let size = (bytes.len() as u64).div_ceil(4) * 4 + PAD;
+            let packed = layout.repack(bytes);
+            let size = packed.len() as u64 + PAD;
             let (buffer, mapped) = self.shared.arena.lock().unwrap().place(self.dev(), size)?;
-            self.write_weight(buffer, mapped, bytes)?;
+            self.write_weight(buffer, mapped, &packed)?;
             chunks.push(WeightChunk { buffer, row0, rows });
         }
         let vector = if w.rows == 1 {
@@ -408,7 +488,8 @@ impl VulkanBackend {
             qtype: w.qtype,
             rows: w.rows,
             cols: w.cols,
-            row_bytes,
+            stride: layout.stride,
+            codes_at: layout.codes_at,
             chunks,
             vector,
             rotation,
@@ -474,7 +555,13 @@ impl VulkanBackend {
                 self.dev(),
                 variant("embed", table.qtype),
                 &[c.buffer, idbuf.buffer(), out.buffer()],
-                &[u(count), u(table.cols), u(table.row_bytes), f(scale)],
+                &[
+                    u(count),
+                    u(table.cols),
+                    u(table.stride),
+                    f(scale),
+                    u(table.codes_at),
+                ],
                 grid(u((count * table.cols).div_ceil(256))),
             )?;
         }
@@ -494,12 +581,14 @@ impl VulkanBackend {
         let xb = rotated.unwrap_or(x.buffer());
         for c in &w.chunks {
             if n == 1 {
-                rec.dispatch(
+                let (wg, rows) = matvec_shape(w.qtype, w.cols, c.rows);
+                rec.dispatch_spec(
                     self.dev(),
                     variant("matvec", w.qtype),
+                    &[wg, rows],
                     &[c.buffer, xb, out.buffer()],
-                    &[u(c.rows), u(w.cols), u(w.row_bytes), u(c.row0), 0],
-                    grid(u(c.rows.div_ceil(4))),
+                    &[u(c.rows), u(w.cols), u(w.stride), u(c.row0), u(w.codes_at)],
+                    grid(u(c.rows.div_ceil(rows as usize))),
                 )?;
             } else {
                 rec.dispatch(
@@ -509,12 +598,13 @@ impl VulkanBackend {
                     &[
                         u(c.rows),
                         u(w.cols),
-                        u(w.row_bytes),
+                        u(w.stride),
                         u(c.row0),
                         u(w.rows),
                         u(n),
+                        u(w.codes_at),
                     ],
-                    (u(c.rows.div_ceil(32)), u(n.div_ceil(32)), 1),
+                    (u(c.rows.div_ceil(64)), u(n.div_ceil(64)), 1),
                 )?;
             }
         }
@@ -638,7 +728,17 @@ impl VulkanBackend {
             kv.v = nv;
             kv.cap = cap;
         }
+        // Split-K: spread the longest query's keys over enough workgroups (flash-decoding).
+        let span = end.min(p.window.unwrap_or(usize::MAX));
+        let (chunk, splits) = attention_splits(p.n * p.heads, span);
+        let part = if splits > 1 {
+            Some(self.try_alloc(p.n * p.heads * splits * (d + 2))?)
+        } else {
+            None
+        };
+        let part_buf = part.as_ref().map_or(out.buffer(), |b| b.buffer());
         let mut rec = self.rec();
+        let (gx, gy, _) = grid(u(p.n * p.heads));
         rec.dispatch(
             self.dev(),
             "attention_f32",
@@ -649,6 +749,7 @@ impl VulkanBackend {
                 kv.k.buffer(),
                 kv.v.buffer(),
                 out.buffer(),
+                part_buf,
             ],
             &[
                 u(p.n),
@@ -660,9 +761,20 @@ impl VulkanBackend {
                 u(kv.window.unwrap_or(0)),
                 f(p.scale),
                 f(p.softcap.unwrap_or(0.0)),
+                u(chunk),
+                u(splits),
             ],
-            grid(u(p.n * p.heads)),
+            (gx, gy, u(splits)),
         )?;
+        if splits > 1 {
+            rec.dispatch(
+                self.dev(),
+                "attention_combine_f32",
+                &[part_buf, out.buffer()],
+                &[u(p.n * p.heads), u(d), u(splits)],
+                grid(u(p.n * p.heads)),
+            )?;
+        }
         // Store the batch; a ring keeps only its last `window` positions.
         let row = (kv_dim * 4) as u64;
         let mut regions: Vec<vk::BufferCopy> = Vec::new();

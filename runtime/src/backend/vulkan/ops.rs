@@ -234,8 +234,21 @@ impl Recorder {
         push: &[u32],
         groups: (u32, u32, u32),
     ) -> Result<()> {
+        self.dispatch_spec(dev, name, &[], buffers, push, groups)
+    }
+
+    /// [`Self::dispatch`] of the pipeline specialized with `spec` (constant_id 0, 1, ...).
+    pub fn dispatch_spec(
+        &mut self,
+        dev: &Device,
+        name: &'static str,
+        spec: &[u32],
+        buffers: &[vk::Buffer],
+        push: &[u32],
+        groups: (u32, u32, u32),
+    ) -> Result<()> {
         assert!(push.len() * 4 <= PUSH_BYTES as usize);
-        let (pipeline, layout, set) = self.pipelines.set(dev, name, buffers)?;
+        let (pipeline, layout, set) = self.pipelines.set(dev, name, spec, buffers)?;
         self.next_command(dev)?;
         let d = &dev.device;
         let bytes: Vec<u8> = push.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -23,8 +23,9 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Builds the pipeline `name` of [`SHADERS`] with `bindings` storage buffers.
-    pub fn new(dev: &Device, name: &str, bindings: usize) -> Result<Pipeline> {
+    /// Builds the pipeline `name` of [`SHADERS`] with `bindings` storage buffers and the
+    /// specialization constants `spec` (constant_id 0, 1, ... in order; u32 each).
+    pub fn new(dev: &Device, name: &str, bindings: usize, spec: &[u32]) -> Result<Pipeline> {
         let spv = SHADERS
             .iter()
             .find(|(n, _)| *n == name)
@@ -61,10 +62,25 @@ impl Pipeline {
             )?;
             let module =
                 d.create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&code), None)?;
-            let stage = vk::PipelineShaderStageCreateInfo::default()
+            let entries: Vec<vk::SpecializationMapEntry> = (0..spec.len() as u32)
+                .map(|i| {
+                    vk::SpecializationMapEntry::default()
+                        .constant_id(i)
+                        .offset(4 * i)
+                        .size(4)
+                })
+                .collect();
+            let data: Vec<u8> = spec.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let spec_info = vk::SpecializationInfo::default()
+                .map_entries(&entries)
+                .data(&data);
+            let mut stage = vk::PipelineShaderStageCreateInfo::default()
                 .stage(vk::ShaderStageFlags::COMPUTE)
                 .module(module)
                 .name(c"main");
+            if !spec.is_empty() {
+                stage = stage.specialization_info(&spec_info);
+            }
             let info = [vk::ComputePipelineCreateInfo::default()
                 .stage(stage)
                 .layout(layout)];
@@ -90,9 +106,9 @@ impl Pipeline {
     }
 }
 
-/// Pipelines by name and descriptor sets by (pipeline, buffers).
+/// Pipelines by (name, specialization constants) and descriptor sets by (pipeline, buffers).
 pub struct Pipelines {
-    by_name: HashMap<&'static str, Pipeline>,
+    by_name: HashMap<(&'static str, Vec<u32>), Pipeline>,
     pools: Vec<vk::DescriptorPool>,
     sets: HashMap<(vk::Pipeline, Vec<vk::Buffer>), vk::DescriptorSet>,
 }
@@ -114,23 +130,32 @@ impl Pipelines {
         }
     }
 
-    pub fn get(&mut self, dev: &Device, name: &'static str, bindings: usize) -> Result<&Pipeline> {
-        if !self.by_name.contains_key(name) {
-            let p = Pipeline::new(dev, name, bindings)?;
-            self.by_name.insert(name, p);
+    pub fn get(
+        &mut self,
+        dev: &Device,
+        name: &'static str,
+        spec: &[u32],
+        bindings: usize,
+    ) -> Result<&Pipeline> {
+        let key = (name, spec.to_vec());
+        if !self.by_name.contains_key(&key) {
+            let p = Pipeline::new(dev, name, bindings, spec)?;
+            self.by_name.insert(key.clone(), p);
         }
-        Ok(&self.by_name[name])
+        Ok(&self.by_name[&key])
     }
 
-    /// The descriptor set binding `buffers` (whole buffers, in order) to pipeline `name`.
+    /// The descriptor set binding `buffers` (whole buffers, in order) to pipeline `name`
+    /// specialized with `spec`.
     pub fn set(
         &mut self,
         dev: &Device,
         name: &'static str,
+        spec: &[u32],
         buffers: &[vk::Buffer],
     ) -> Result<(vk::Pipeline, vk::PipelineLayout, vk::DescriptorSet)> {
         let (pipeline, layout, set_layout, n) = {
-            let p = self.get(dev, name, buffers.len())?;
+            let p = self.get(dev, name, spec, buffers.len())?;
             (p.pipeline, p.layout, p.set_layout, p.bindings)
         };
         assert_eq!(n, buffers.len(), "pipeline `{name}` binds {n} buffers");
@@ -154,7 +179,7 @@ impl Pipelines {
             if set.is_none() {
                 let sizes = [vk::DescriptorPoolSize::default()
                     .ty(vk::DescriptorType::STORAGE_BUFFER)
-                    .descriptor_count(SETS_PER_POOL * 6)];
+                    .descriptor_count(SETS_PER_POOL * 8)];
                 let pool = d.create_descriptor_pool(
                     &vk::DescriptorPoolCreateInfo::default()
                         .max_sets(SETS_PER_POOL)
