@@ -67,7 +67,9 @@ fn greedy<B: Backend>(m: &Gemma3<B>, ids: &[u32], n: usize) -> (Vec<u32>, Vec<f3
         let t2 = top_k(&logits, 2);
         out.push(t2[0].0);
         margins.push(t2[0].1 - t2[1].1);
-        logits = m.forward(&mut s, &[t2[0].0], Logits::Last, |_, _| {}).unwrap();
+        logits = m
+            .forward(&mut s, &[t2[0].0], Logits::Last, |_, _| {})
+            .unwrap();
     }
     (out, margins)
 }
@@ -107,7 +109,10 @@ fn gemma3_270m_npu_hybrid_matches_cpu() {
         kls.len()
     );
     assert!(mean < KL_MEAN_MAX, "mean KL {mean} >= {KL_MEAN_MAX}");
-    assert!(max < KL_MAX, "max KL {max} >= {KL_MAX} (per position: {kls:?})");
+    assert!(
+        max < KL_MAX,
+        "max KL {max} >= {KL_MAX} (per position: {kls:?})"
+    );
 
     // Greedy tokens on the golden prompt.
     let ids = tok.encode("The capital of France is", true).unwrap();
@@ -122,7 +127,10 @@ fn gemma3_270m_npu_hybrid_matches_cpu() {
             "greedy differs at step {i} where the CPU margin is {} (not a near-tie < {NEAR_TIE})",
             margins[i]
         );
-        eprintln!("greedy differs first at step {i} (near-tie, margin {})", margins[i]);
+        eprintln!(
+            "greedy differs first at step {i} (near-tie, margin {})",
+            margins[i]
+        );
     }
     eprintln!("{}", npu.backend.report().unwrap());
 }
@@ -145,11 +153,22 @@ fn gemma3_270m_npu_vulkan_matches_npu_cpu() {
     let (rc, rv) = (all_logits(&nc, &ids), all_logits(&nv, &ids));
     let mut worst = 0f32;
     for (pos, (a, b)) in rc.iter().zip(&rv).enumerate() {
-        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         worst = worst.max(d);
-        assert_eq!(top_k(a, 1)[0].0, top_k(b, 1)[0].0, "argmax at position {pos}");
+        assert_eq!(
+            top_k(a, 1)[0].0,
+            top_k(b, 1)[0].0,
+            "argmax at position {pos}"
+        );
     }
-    eprintln!("npu+vulkan vs npu+cpu: max |logit diff| {worst:.2e} over {} positions", rc.len());
+    eprintln!(
+        "npu+vulkan vs npu+cpu: max |logit diff| {worst:.2e} over {} positions",
+        rc.len()
+    );
     assert!(worst < VK_TOL, "max |logit diff| {worst} >= {VK_TOL}");
     let (gc, _) = greedy(&nc, &ids, 2);
     let (gv, _) = greedy(&nv, &ids, 2);
