@@ -25,7 +25,10 @@ fn bench_bytes(q: QType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
     let mut proto = vec![0u8; rb];
     quantize_row(q, &rand_vec(cols, seed), None, &mut proto).unwrap();
     let pb = q.row_param_bytes(cols);
-    let noise: Vec<u8> = rand_vec(rb, seed + 1).iter().map(|v| (v * 127.0) as i8 as u8).collect();
+    let noise: Vec<u8> = rand_vec(rb, seed + 1)
+        .iter()
+        .map(|v| (v * 127.0) as i8 as u8)
+        .collect();
     let mut out = Vec::with_capacity(rows * rb);
     for r in 0..rows {
         let mut row = proto.clone();
@@ -34,7 +37,10 @@ fn bench_bytes(q: QType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
             let k = r % (rb - pb);
             row[pb..].rotate_left(k);
             if q != QType::I8Sym {
-                row[pb..].iter_mut().zip(&noise[pb..]).for_each(|(c, n)| *c ^= n & if q == QType::I8Asym { 0xff } else { 0 });
+                row[pb..]
+                    .iter_mut()
+                    .zip(&noise[pb..])
+                    .for_each(|(c, n)| *c ^= n & if q == QType::I8Asym { 0xff } else { 0 });
             }
         }
         out.extend_from_slice(&row);
@@ -76,7 +82,10 @@ fn bench_read_bandwidth() {
             );
         }
         let gb = (reps * buf.len() * 8) as f64 / 1e9;
-        eprintln!("read bandwidth, {THREADS} threads: {:.1} GB/s (checksum {s})", gb / t.elapsed().as_secs_f64());
+        eprintln!(
+            "read bandwidth, {THREADS} threads: {:.1} GB/s (checksum {s})",
+            gb / t.elapsed().as_secs_f64()
+        );
     }
 }
 
@@ -96,7 +105,14 @@ fn time(min_s: f64, mut f: impl FnMut()) -> f64 {
 #[ignore]
 fn bench_matvec() {
     let shapes = [(640, 2048), (2048, 640), (1024, 640), (262144, 640)];
-    let types = [QType::BF16, QType::I8Sym, QType::I8Asym, QType::I4Grouped, QType::I4PerChannel, QType::I2Structured];
+    let types = [
+        QType::BF16,
+        QType::I8Sym,
+        QType::I8Asym,
+        QType::I4Grouped,
+        QType::I4PerChannel,
+        QType::I2Structured,
+    ];
     eprintln!("matvec (n=1), {THREADS} threads, DRAM-streaming (copies cycled > 256 MB); GB/s of weight bytes, and GFLOP-equivalent us/call");
     for (rows, cols) in shapes {
         for q in types {
@@ -109,11 +125,19 @@ fn bench_matvec() {
             let mut line = format!("{rows:>6}x{cols:<5} {:<15}", q.name());
             for isa in Isa::available() {
                 for int8 in [false, true] {
-                    if (int8 && !q.is_quantized()) || (isa == Isa::Scalar && (rows > 4096 || int8)) {
+                    if (int8 && !q.is_quantized()) || (isa == Isa::Scalar && (rows > 4096 || int8))
+                    {
                         continue;
                     }
-                    let be = CpuBackend::with_options(CpuOptions { int8_activations: int8, isa: Some(isa), ..CpuOptions::exact(Some(THREADS)) }).unwrap();
-                    let ws: Vec<CpuWeight> = (0..copies).map(|_| weight_of(&be, q, rows, cols, bytes.clone())).collect();
+                    let be = CpuBackend::with_options(CpuOptions {
+                        int8_activations: int8,
+                        isa: Some(isa),
+                        ..CpuOptions::exact(Some(THREADS))
+                    })
+                    .unwrap();
+                    let ws: Vec<CpuWeight> = (0..copies)
+                        .map(|_| weight_of(&be, q, rows, cols, bytes.clone()))
+                        .collect();
                     let x = rand_vec(cols, 9);
                     let mut out = vec![0f32; rows];
                     let mut i = 0;
@@ -121,8 +145,19 @@ fn bench_matvec() {
                         be.matmul(&ws[i % copies], &x, 1, &mut out);
                         i += 1;
                     });
-                    let mode = if !q.is_quantized() { "f32" } else if int8 { "i8act" } else { "f32act" };
-                    line += &format!("  {}/{mode}: {:>5.1} GB/s {:>7.0} us", isa.name(), size as f64 / s / 1e9, s * 1e6);
+                    let mode = if !q.is_quantized() {
+                        "f32"
+                    } else if int8 {
+                        "i8act"
+                    } else {
+                        "f32act"
+                    };
+                    line += &format!(
+                        "  {}/{mode}: {:>5.1} GB/s {:>7.0} us",
+                        isa.name(),
+                        size as f64 / s / 1e9,
+                        s * 1e6
+                    );
                 }
             }
             eprintln!("{line}");
@@ -134,12 +169,22 @@ fn bench_matvec() {
 #[ignore]
 fn bench_matmul_prefill() {
     let (rows, cols, n) = (2048, 640, 128);
-    for q in [QType::BF16, QType::I8Asym, QType::I4Grouped, QType::I4PerChannel, QType::I2Structured] {
+    for q in [
+        QType::BF16,
+        QType::I8Asym,
+        QType::I4Grouped,
+        QType::I4PerChannel,
+        QType::I2Structured,
+    ] {
         for int8 in [false, true] {
             if int8 && !q.is_quantized() {
                 continue;
             }
-            let be = CpuBackend::with_options(CpuOptions { int8_activations: int8, ..CpuOptions::exact(Some(THREADS)) }).unwrap();
+            let be = CpuBackend::with_options(CpuOptions {
+                int8_activations: int8,
+                ..CpuOptions::exact(Some(THREADS))
+            })
+            .unwrap();
             let w = weight_of(&be, q, rows, cols, bench_bytes(q, rows, cols, 3));
             let x = rand_vec(n * cols, 4);
             let mut out = vec![0f32; n * rows];
@@ -166,9 +211,28 @@ fn bench_float_kernels_hot() {
         for isa in Isa::available() {
             let (f1, f4) = (kernels::f_dot(isa, q), kernels::f_dot4(isa, q));
             let mut s = 0f32;
-            let t1 = time(0.2, || { for _ in 0..1000 { s += unsafe { f1(std::hint::black_box(rows[0]), &x) }; } });
-            let t4 = time(0.2, || { for _ in 0..1000 { s += unsafe { f4(std::hint::black_box([rows[0], rows[1], rows[2], rows[3]]), &x) }[0]; } });
-            eprintln!("{} {}: dot {:.1} ns/row, dot4 {:.1} ns/row ({s})", q.name(), isa.name(), t1 * 1e6, t4 * 1e6 / 4.0);
+            let t1 = time(0.2, || {
+                for _ in 0..1000 {
+                    s += unsafe { f1(std::hint::black_box(rows[0]), &x) };
+                }
+            });
+            let t4 = time(0.2, || {
+                for _ in 0..1000 {
+                    s += unsafe {
+                        f4(
+                            std::hint::black_box([rows[0], rows[1], rows[2], rows[3]]),
+                            &x,
+                        )
+                    }[0];
+                }
+            });
+            eprintln!(
+                "{} {}: dot {:.1} ns/row, dot4 {:.1} ns/row ({s})",
+                q.name(),
+                isa.name(),
+                t1 * 1e6,
+                t4 * 1e6 / 4.0
+            );
         }
     }
 }
@@ -232,7 +296,11 @@ impl crate::weights::WeightStore for QuantStore {
         self.inner.tokenizer_json()
     }
     fn describe(&self) -> String {
-        format!("{} quantized in memory ({})", self.inner.describe(), self.recipe)
+        format!(
+            "{} quantized in memory ({})",
+            self.inner.describe(),
+            self.recipe
+        )
     }
 }
 
@@ -253,23 +321,35 @@ fn speed(m: &crate::Gemma3<CpuBackend>, np: usize, nd: usize) -> (f64, f64) {
     let ids = prompt(np);
     let mut s = m.new_session();
     let t = Instant::now();
-    let mut logits = m.forward(&mut s, &ids, crate::Logits::Last, |_, _| {}).unwrap();
+    let mut logits = m
+        .forward(&mut s, &ids, crate::Logits::Last, |_, _| {})
+        .unwrap();
     let pre = np as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
     for _ in 0..nd {
         let next = top_k(&logits, 1)[0].0;
-        logits = m.forward(&mut s, &[next], crate::Logits::Last, |_, _| {}).unwrap();
+        logits = m
+            .forward(&mut s, &[next], crate::Logits::Last, |_, _| {})
+            .unwrap();
     }
     (pre, nd as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Mean KL(p_exact || p_fast) over the positions of a prompt, and greedy agreement.
-fn compare(a: &crate::Gemma3<CpuBackend>, b: &crate::Gemma3<CpuBackend>, n: usize, greedy: usize) -> (f64, f64, usize) {
+fn compare(
+    a: &crate::Gemma3<CpuBackend>,
+    b: &crate::Gemma3<CpuBackend>,
+    n: usize,
+    greedy: usize,
+) -> (f64, f64, usize) {
     let ids = prompt(n);
     let rows = |m: &crate::Gemma3<CpuBackend>| {
         let mut out = Vec::new();
         let mut s = m.new_session();
-        m.forward(&mut s, &ids, crate::Logits::All, |_, l| out.push(l.to_vec())).unwrap();
+        m.forward(&mut s, &ids, crate::Logits::All, |_, l| {
+            out.push(l.to_vec())
+        })
+        .unwrap();
         out
     };
     let logp = |l: &[f32]| {
@@ -288,12 +368,16 @@ fn compare(a: &crate::Gemma3<CpuBackend>, b: &crate::Gemma3<CpuBackend>, n: usiz
     // greedy continuation from the prompt's first 16 tokens
     let gen = |m: &crate::Gemma3<CpuBackend>| {
         let mut s = m.new_session();
-        let mut l = m.forward(&mut s, &ids[..16], crate::Logits::Last, |_, _| {}).unwrap();
+        let mut l = m
+            .forward(&mut s, &ids[..16], crate::Logits::Last, |_, _| {})
+            .unwrap();
         let mut out = Vec::new();
         for _ in 0..greedy {
             let t = top_k(&l, 1)[0].0;
             out.push(t);
-            l = m.forward(&mut s, &[t], crate::Logits::Last, |_, _| {}).unwrap();
+            l = m
+                .forward(&mut s, &[t], crate::Logits::Last, |_, _| {})
+                .unwrap();
         }
         out
     };
@@ -314,10 +398,17 @@ fn bench_decode_270m() {
             crate::weights::open_store(&dir).unwrap()
         } else {
             let t = Instant::now();
-            let s = QuantStore { inner: crate::weights::open_store(&dir).unwrap(), recipe, cache: Default::default() };
+            let s = QuantStore {
+                inner: crate::weights::open_store(&dir).unwrap(),
+                recipe,
+                cache: Default::default(),
+            };
             // quantize everything once (shared by both modes)
             let _ = crate::Gemma3::load(&s, exact()).unwrap();
-            eprintln!("{recipe}: quantized in memory in {:.1} s", t.elapsed().as_secs_f64());
+            eprintln!(
+                "{recipe}: quantized in memory in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
             Box::new(s)
         };
         let me = crate::Gemma3::load(store.as_ref(), exact()).unwrap();

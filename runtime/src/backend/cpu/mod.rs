@@ -196,7 +196,6 @@ impl CpuBackend {
         (0..rows.div_ceil(chunk))
             .into_par_iter()
             .for_each_init(init, |s, c| {
-                let out = out;
                 let (a, b) = (c * chunk, ((c + 1) * chunk).min(rows));
                 let mut r0 = a;
                 while r0 < b {
@@ -318,6 +317,7 @@ impl Backend for CpuBackend {
         });
     }
 
+    #[allow(clippy::needless_range_loop)]
     fn matmul(&self, w: &CpuWeight, x: &Vec<f32>, n: usize, out: &mut Vec<f32>) {
         let (rows, cols, isa) = (w.rows, w.cols, self.isa);
         let x = w.input(&x[..n * cols]);

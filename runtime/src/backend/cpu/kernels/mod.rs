@@ -184,7 +184,7 @@ pub struct QAct {
 impl QAct {
     /// Quantizes `n` rows of `cols` (a multiple of `blk`, itself a multiple of 16).
     pub fn new(x: &[f32], n: usize, cols: usize, blk: usize) -> QAct {
-        assert!(cols % blk == 0 && blk % 16 == 0 && x.len() >= n * cols);
+        assert!(cols.is_multiple_of(blk) && blk.is_multiple_of(16) && x.len() >= n * cols);
         let nb = n * cols / blk;
         let mut a = QAct {
             blk,

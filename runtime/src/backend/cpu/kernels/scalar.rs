@@ -1,6 +1,10 @@
+//! Safety: the `unsafe fn`s take rows of the byte size their type and `x.len()` imply.
+//!
 //! Portable kernels: the fallback where no SIMD kernel applies, and the integer arithmetic the
 //! SIMD kernels must reproduce (their integer sums are identical; only the f32 accumulation
 //! order differs).
+
+#![allow(clippy::missing_safety_doc)] // the contract is in the module doc
 
 use super::{Decode, QAct, QDot};
 use half::f16;

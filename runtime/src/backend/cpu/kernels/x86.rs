@@ -6,6 +6,8 @@
 //! (checked at load / by `QAct::new`); loads read parameter regions 16 bytes at a time, which
 //! stays inside the row because the codes follow the parameters.
 
+#![allow(clippy::missing_safety_doc)] // the contract is in the module doc
+
 use super::QAct;
 use std::arch::x86_64::*;
 
