@@ -173,6 +173,14 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// # Safety
+    /// `i` is in bounds of the output and no other task writes it.
+    unsafe fn write(self, i: usize, v: f32) {
+        *self.0.add(i) = v;
+    }
+}
+
 /// Rows per rayon task: enough tasks to balance (8 per thread), a multiple of the 4-row tile.
 fn row_chunk(rows: usize, threads: usize) -> usize {
     (rows / (threads * 8)).clamp(4, 1024).next_multiple_of(4)
@@ -206,7 +214,7 @@ impl CpuBackend {
                         tile(s, r0, nr, t, &mut dst);
                         for (i, &v) in dst[..nr].iter().enumerate() {
                             // SAFETY: (t, r0 + i) is written by this task only; in bounds above.
-                            unsafe { *out.0.add(t * rows + r0 + i) = v };
+                            unsafe { out.write(t * rows + r0 + i, v) };
                         }
                     }
                     r0 += nr;
