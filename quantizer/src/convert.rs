@@ -1,6 +1,772 @@
-//! Being written by a helper.
-#[derive(clap::Args)]
-pub struct ConvertArgs {}
-pub fn run(_: ConvertArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+//! `mixq-quantize convert`: HF checkpoint -> calibrated mixed-precision `.mixq` file.
+//!
+//! Pipeline (peak memory: one layer's f32 weights, the calibration residual stream, four
+//! Hessians; never the whole model):
+//! 1. Open the checkpoint (memory-mapped), resolve the recipe into one [`TensorChoice`] per
+//!    tensor, place them with the device profile, and create `<out>.tmp` with every offset
+//!    fixed ([`MixqWriter`]).
+//! 2. Tokenize the calibration text (`--calib`, never the evaluation text) into sequences.
+//! 3. Embedding: quantized in row chunks; the calibration tokens' rows are dequantized from the
+//!    stored bytes to start the residual stream (what the runtime will gather).
+//! 4. Each layer `i`: load its f32 weights; run it at full precision over the calibration
+//!    stream produced by the already-quantized layers `0..i` and accumulate the Hessian
+//!    `H = Σ xᵀx` of each linear layer's input; quantize each tensor by its method (GPTQ /
+//!    importance-weighted search / plain); write it; bind the stored bytes exactly as the
+//!    runtime does and advance the stream through the quantized layer.
+//! 5. Final norm (and an untied lm_head); end-to-end evaluation of the finished tensors
+//!    against the checkpoint on `--eval`; tokenizer, calibration summary and report embedded;
+//!    index and header written; `<out>.tmp` renamed to `<out>`. Any error before that deletes
+//!    the temporary file: a partial `OUT.mixq` never exists.
+//!
+//! At 27B (hidden 5376, intermediate 21504, 62 layers) the largest buffers are the f64
+//! Hessian of the down projection's input (21504² x 8 B = 3.7 GB), GPTQ's f32 copy of its
+//! inverse factor (1.8 GB), one layer's f32 weights (about 1.7 GB), the calibration stream
+//! (tokens x 5376 x 4 B: 88 MB at 4096 tokens) and the embedding's stored bytes (1.4 GB):
+//! under 10 GB, below the 16 GB target. See quantizer/README.md for measurements.
+
+use crate::eval::{self, DEFAULT_EVAL_TOKENS};
+use crate::gptq::{gptq, output_error, GptqOptions};
+use crate::recipe::{self, Method, Recipe, TensorChoice};
+use crate::report::{self, CalibrationSummary, QualityReport, SizeSummary, TensorQuality};
+use crate::rotate::{rotate_hessian, rotate_weights};
+use crate::search::{dequantize_rows, importance_from_mean_square, quantize_rows};
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use mixq_calibration::{CalibSet, Calibrator, Hessian};
+use mixq_format::checkpoint::{expected_tensors, HfCheckpoint};
+use mixq_format::mixq::{self as mixqfmt, FileMeta, MixqWriter};
+use mixq_format::profile::{self, DeviceProfile, Plan, TensorSpec};
+use mixq_format::quant::{dequantize_row, QType, Transform};
+use mixq_format::tokenizer::Tokenizer;
+use mixq_format::{Gemma3Config, SharedBytes};
+use mixq_runtime::backend::cpu::CpuBackend;
+use mixq_runtime::backend::Backend;
+use mixq_runtime::model::gemma3::{Layer, Site};
+use mixq_runtime::weights::{WeightSource, WeightStore};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Calibration tokens by default: 16 sequences of 256. Measured on the 2-core machine (see
+/// quantizer/README.md): more tokens cost time linearly and gained < 0.3 points of retention.
+pub const DEFAULT_CALIB_TOKENS: usize = 4096;
+/// Tokens per calibration sequence (`<bos>` included).
+pub const DEFAULT_SEQ_LEN: usize = 512;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConvertArgs {
+    /// The Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    pub checkpoint: PathBuf,
+    /// The .mixq file to write (written as <OUT>.tmp, renamed when complete).
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+    /// Recipe: optimal, int8, int4, or a path to a TOML recipe file.
+    #[arg(long, default_value = "optimal")]
+    pub recipe: String,
+    /// Device profile that places tensors into sections: phoenix, gpu or cpu.
+    #[arg(long, default_value = "phoenix")]
+    pub profile: String,
+    /// Calibration text (default: models/data/calib.txt beside the checkpoint). Never the
+    /// evaluation text.
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
+    /// Calibration tokens (in sequences of --calib-seq-len, each starting with <bos>).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CALIB_TOKENS)]
+    pub calib_tokens: usize,
+    /// Tokens per calibration sequence.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SEQ_LEN)]
+    pub calib_seq_len: usize,
+    /// Evaluation text for the end-to-end retention figures (default: models/data/eval.txt
+    /// beside the checkpoint).
+    #[arg(long, value_name = "FILE")]
+    pub eval: Option<PathBuf>,
+    /// Predicted tokens of the evaluation text to score.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_EVAL_TOKENS)]
+    pub eval_tokens: usize,
+    /// Skip the end-to-end evaluation (the report then has tensor figures only).
+    #[arg(long)]
+    pub no_eval: bool,
+    /// Override the method of one quant type, e.g. `--method i4_grouped=search` (repeatable;
+    /// methods: gptq, search, rtn).
+    #[arg(long = "method", value_name = "TYPE=METHOD")]
+    pub methods: Vec<String>,
+    /// GPTQ dampening, as a fraction of the mean diagonal of the Hessian.
+    #[arg(long, default_value_t = 0.01)]
+    pub damp: f64,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No progress bars (logs only).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(a: ConvertArgs) -> Result<()> {
+    let report = convert(&a)?;
+    print!("{}", report::render_summary(&report));
+    Ok(())
+}
+
+/// The sample texts the setup fetches live in `models/data/` beside `models/<checkpoint>`.
+fn default_text(checkpoint: &Path, file: &str) -> PathBuf {
+    let beside = checkpoint
+        .parent()
+        .map(|p| p.join("data").join(file))
+        .filter(|p| p.exists());
+    beside.unwrap_or_else(|| Path::new("models/data").join(file))
+}
+
+/// Runs the whole conversion; returns the report (also embedded and written beside the file).
+pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
+    let t_start = Instant::now();
+    // ---- inputs, checked before any work
+    if !a.checkpoint.is_dir() {
+        bail!(
+            "{}: not a checkpoint directory (expected config.json, *.safetensors, tokenizer.json)",
+            a.checkpoint.display()
+        );
+    }
+    let ckpt = HfCheckpoint::open(&a.checkpoint)
+        .with_context(|| format!("opening checkpoint {}", a.checkpoint.display()))?;
+    let config = ckpt.config().clone();
+    let recipe = Recipe::load(&a.recipe)?;
+    let dprofile = DeviceProfile::by_name(&a.profile)
+        .map_err(|_| anyhow!("unknown profile `{}` (valid: phoenix, gpu, cpu)", a.profile))?;
+    let overrides = a
+        .methods
+        .iter()
+        .map(|s| {
+            let (t, m) = s.split_once('=').ok_or_else(|| {
+                anyhow!("--method `{s}`: expected TYPE=METHOD, e.g. i4_grouped=search")
+            })?;
+            Ok((recipe::parse_qtype(t)?, Method::from_name(m)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let calib_path = a
+        .calib
+        .clone()
+        .unwrap_or_else(|| default_text(&a.checkpoint, "calib.txt"));
+    let calib_text = std::fs::read_to_string(&calib_path).with_context(|| {
+        format!(
+            "reading the calibration text {} (give one with --calib FILE)",
+            calib_path.display()
+        )
+    })?;
+    let eval_path = a
+        .eval
+        .clone()
+        .unwrap_or_else(|| default_text(&a.checkpoint, "eval.txt"));
+    let eval_text = if a.no_eval {
+        None
+    } else {
+        if same_file(&calib_path, &eval_path) {
+            bail!(
+                "the calibration and evaluation texts are the same file ({}): retention must be measured on text the calibration never saw",
+                eval_path.display()
+            );
+        }
+        Some(std::fs::read_to_string(&eval_path).with_context(|| {
+            format!(
+                "reading the evaluation text {} (give one with --eval FILE, or --no-eval)",
+                eval_path.display()
+            )
+        })?)
+    };
+    let tok_path = ckpt.tokenizer_json_path();
+    let tok_json =
+        std::fs::read(&tok_path).with_context(|| format!("reading {}", tok_path.display()))?;
+    let tok = Tokenizer::from_bytes_named(&tok_json, &tok_path)?;
+    let calib = CalibSet::from_text(
+        &tok,
+        &calib_text,
+        &calib_path.display().to_string(),
+        a.calib_tokens,
+        a.calib_seq_len,
+    )?;
+
+    // ---- the plan: types, methods, transforms, placement
+    let tensors = expected_tensors(&config);
+    let choices = recipe.resolve(&config, &tensors, &overrides)?;
+    let specs: Vec<TensorSpec> = choices
+        .iter()
+        .map(|c| TensorSpec {
+            name: c.name.clone(),
+            qtype: c.qtype,
+            shape: c.shape.clone(),
+            transform: c.transform,
+        })
+        .collect();
+    let plan = profile::plan(&specs, &dprofile)?;
+    let methods = methods_by_type(&choices);
+    let meta = FileMeta {
+        config: config.clone(),
+        config_json: ckpt.config_json().to_string(),
+        recipe: mixqfmt::Recipe {
+            name: recipe.name.clone(),
+            options: serde_json::json!({
+                "rules": recipe.rules,
+                "methods": methods.iter().cloned().collect::<HashMap<_, _>>(),
+                "gptq_damp": a.damp,
+                "calib_tokens": calib.tokens(),
+                "calib_seq_len": calib.seq_len,
+            }),
+        },
+    };
+    if let Some(dir) = a.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            bail!("output directory {} does not exist", dir.display());
+        }
+    }
+    let mut writer = MixqWriter::create(&a.output, plan.clone(), meta)
+        .with_context(|| format!("creating {}", a.output.display()))?;
+
+    let be = CpuBackend::new(a.threads)?;
+    let bars = Bars::new(a.quiet);
+    bars.log(format!(
+        "converting {} ({} layers, hidden {}, vocab {}) with recipe `{}` on profile `{}`; calibration: {} tokens in {} sequences of {} from {}",
+        a.checkpoint.display(),
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.vocab_size,
+        recipe.name,
+        dprofile.name,
+        calib.tokens(),
+        calib.sequences.len(),
+        calib.seq_len,
+        calib_path.display()
+    ));
+    for (t, m) in &methods {
+        bars.log(format!("  {t}: {m}"));
+    }
+
+    let choice_of: HashMap<&str, &TensorChoice> =
+        choices.iter().map(|c| (c.name.as_str(), c)).collect();
+    let mut quality: HashMap<String, TensorQuality> = HashMap::new();
+    let section_of: HashMap<&str, &str> = plan
+        .tensors
+        .iter()
+        .map(|(s, p)| (s.name.as_str(), p.section.as_str()))
+        .collect();
+
+    // ---- embedding (also the tied lm_head)
+    let emb_name = "model.embed_tokens.weight";
+    let emb = choice_of[emb_name];
+    let (emb_bytes, q) = quantize_table(&ckpt, emb, &bars, "embedding")?;
+    writer.write_tensor(emb_name, &emb_bytes)?;
+    quality.insert(emb_name.into(), q);
+    let h = config.hidden_size;
+    let emb_rb = emb.qtype.row_bytes(h)?;
+    let mut calibrator = Calibrator::new(&be, &config, &calib, |id, out| {
+        let id = id as usize;
+        dequantize_row(emb.qtype, &emb_bytes[id * emb_rb..(id + 1) * emb_rb], out)
+            .expect("row size checked");
+    });
+    drop(emb_bytes);
+
+    // ---- layers
+    let n_layers = config.num_hidden_layers;
+    let layer_bar = bars.bar(
+        n_layers as u64,
+        "layers",
+        "{msg:12} {bar:30} {pos}/{len} layers [{elapsed_precise} < {eta_precise}]",
+    );
+    let pass_bar = bars.bar(0, "", "{msg:12} {bar:30} {pos}/{len} tokens");
+    let opts = GptqOptions { damp: a.damp };
+    for (i, &kind) in config.layer_types.iter().enumerate() {
+        layer_bar.set_message(format!("layer {i}"));
+        let t_layer = Instant::now();
+        // f32 weights of this layer only
+        let names: Vec<String> = tensors
+            .iter()
+            .filter(|(n, _)| recipe::layer_of(n) == Some(i))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let weights: HashMap<String, (usize, usize, Vec<f32>)> = names
+            .iter()
+            .map(|n| {
+                let t = ckpt.tensor(n)?;
+                let (r, c) = rows_cols(&t.shape);
+                Ok((n.clone(), (r, c, t.to_f32())))
+            })
+            .collect::<Result<_>>()?;
+        let fp = Layer::load(i, kind, |name| {
+            let (r, c, v) = &weights[&name];
+            be.load_weight(&WeightSource::from_f32(&name, *r, *c, v))
+        })?;
+        pass_bar.reset();
+        pass_bar.set_length(calibrator.tokens() as u64);
+        pass_bar.set_message("observe");
+        let mut stats = calibrator.observe(&fp, [true; 4], |n| pass_bar.inc(n as u64));
+        drop(fp);
+        let t_observe = t_layer.elapsed().as_secs_f64();
+        pass_bar.set_message("quantize");
+        let mut stored: HashMap<String, (QType, Vec<u8>, Transform)> = HashMap::new();
+        for name in &names {
+            let c = choice_of[name.as_str()];
+            let (r, cols, w) = &weights[name];
+            let site = site_of(name);
+            let (bytes, mut q) =
+                quantize_tensor(c, w, *r, *cols, site.and_then(|s| stats.get_mut(s)), opts)?;
+            q.section = section_of[name.as_str()].to_string();
+            writer.write_tensor(name, &bytes)?;
+            quality.insert(name.clone(), q);
+            stored.insert(name.clone(), (c.qtype, bytes, c.transform));
+        }
+        drop(stats);
+        drop(weights);
+        let t_q = t_layer.elapsed().as_secs_f64() - t_observe;
+        // advance through the layer as stored
+        let ql = Layer::load(i, kind, |name| {
+            let (qt, bytes, tr) = &stored[&name];
+            let shape = &choice_of[name.as_str()].shape;
+            let (r, c) = rows_cols(shape);
+            be.load_weight(&stored_source(&name, *qt, r, c, bytes.clone(), *tr))
+        })?;
+        pass_bar.reset();
+        pass_bar.set_message("advance");
+        calibrator.advance(&ql, |n| pass_bar.inc(n as u64));
+        layer_bar.inc(1);
+        let t_all = t_layer.elapsed().as_secs_f64();
+        if bars.multi.is_none() {
+            bars.log(format!(
+                "layer {i}: observe {t_observe:.1} s, quantize {t_q:.1} s, advance {:.1} s",
+                t_all - t_observe - t_q
+            ));
+        }
+    }
+    pass_bar.finish_and_clear();
+    layer_bar.finish();
+
+    // ---- the rest: final norm, an untied lm_head
+    for c in &choices {
+        if quality.contains_key(&c.name) {
+            continue;
+        }
+        let (bytes, mut q) = if c.shape.len() == 2 && c.shape[0] > 4096 {
+            quantize_table(&ckpt, c, &bars, "lm_head")?
+        } else {
+            let t = ckpt.tensor(&c.name)?;
+            let (r, cols) = rows_cols(&t.shape);
+            quantize_tensor(c, &t.to_f32(), r, cols, None, opts)?
+        };
+        q.section = section_of[c.name.as_str()].to_string();
+        writer.write_tensor(&c.name, &bytes)?;
+        quality.insert(c.name.clone(), q);
+    }
+    let t_quant = t_start.elapsed().as_secs_f64();
+    bars.log(format!("quantized in {t_quant:.1} s"));
+
+    // ---- report
+    let tensors_q: Vec<TensorQuality> = plan
+        .tensors
+        .iter()
+        .map(|(s, _)| quality.remove(&s.name).expect("every tensor quantized"))
+        .collect();
+    let mut notes = report::placement_notes_from_plan(&plan);
+    notes.push(format!(
+        "calibration: {} tokens ({} sequences of up to {}, each from <bos>) of {}; evaluation text never used for calibration",
+        calib.tokens(),
+        calib.sequences.len(),
+        calib.seq_len,
+        calib_path.display()
+    ));
+    notes.push(format!("quantization took {t_quant:.1} s"));
+    let mut rep = QualityReport {
+        model: a.checkpoint.display().to_string(),
+        recipe: recipe.name.clone(),
+        profile: dprofile.name.clone(),
+        calibration: CalibrationSummary {
+            source: calib_path.display().to_string(),
+            tokens: calib.tokens(),
+            sequences: calib.sequences.len(),
+            seq_len: calib.seq_len,
+            methods: methods.clone(),
+        },
+        tensors: tensors_q,
+        end_to_end: None,
+        end_to_end_npu: None,
+        size: SizeSummary::default(),
+        notes,
+    };
+
+    // ---- end to end, on the finished tensors in <out>.tmp (the file is not renamed yet)
+    if let Some(text) = &eval_text {
+        let store = TmpStore::open(&a.output, &plan, &config, &tok_json)?;
+        let e = eval::evaluate(
+            &ckpt,
+            &store,
+            &tok,
+            text,
+            &eval_path.display().to_string(),
+            a.eval_tokens,
+            a.threads,
+        )?;
+        rep.end_to_end = Some(e);
+    }
+
+    // ---- blobs, index, header, rename
+    let calib_json = serde_json::to_vec_pretty(&serde_json::json!({
+        "summary": rep.calibration,
+        "text_tokens": calib.text_tokens,
+        "gptq_damp": a.damp,
+    }))?;
+    writer.add_blob(mixqfmt::BLOB_TOKENIZER, &tok_json)?;
+    writer.add_blob(mixqfmt::BLOB_CALIBRATION, &calib_json)?;
+    // file size is known only after the report blob: estimate with the report itself, then fix
+    let tensor_bytes: u64 = plan.tensors.iter().map(|(_, p)| p.length).sum();
+    rep.size = SizeSummary::from_tensors(
+        plan.tensors
+            .iter()
+            .map(|(s, p)| {
+                (
+                    s.name.as_str(),
+                    s.shape.iter().map(|&d| d as u64).collect::<Vec<_>>(),
+                    p.length,
+                )
+            })
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|(n, s, l)| (*n, s.as_slice(), *l)),
+        tensor_bytes,
+    );
+    let report_json = serde_json::to_vec(&rep)?;
+    writer.add_blob(mixqfmt::BLOB_REPORT, &report_json)?;
+    let path = writer.finish()?;
+    rep.size.file_bytes = std::fs::metadata(&path)?.len();
+    let files = report::write_files(&rep, &path)?;
+    bars.log(format!(
+        "wrote {} in {:.1} s; report: {}",
+        path.display(),
+        t_start.elapsed().as_secs_f64(),
+        files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    Ok(rep)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// (type name, method) pairs in type order, for the report and the recipe options.
+fn methods_by_type(choices: &[TensorChoice]) -> Vec<(String, String)> {
+    let mut m: Vec<(QType, Vec<Method>)> = Vec::new();
+    for c in choices {
+        match m.iter_mut().find(|(q, _)| *q == c.qtype) {
+            Some((_, v)) => {
+                if !v.contains(&c.method) {
+                    v.push(c.method)
+                }
+            }
+            None => m.push((c.qtype, vec![c.method])),
+        }
+    }
+    m.sort_by_key(|(q, _)| *q);
+    m.into_iter()
+        .map(|(q, v)| {
+            (
+                q.name().to_ascii_lowercase(),
+                v.iter().map(|m| m.name()).collect::<Vec<_>>().join("+"),
+            )
+        })
+        .collect()
+}
+
+fn rows_cols(shape: &[usize]) -> (usize, usize) {
+    match shape {
+        [n] => (1, *n),
+        [r, c] => (*r, *c),
+        _ => (0, 0),
+    }
+}
+
+/// The observation site feeding a linear layer.
+fn site_of(name: &str) -> Option<Site> {
+    let tail = name.strip_suffix(".weight")?;
+    Some(match tail.rsplit('.').next()? {
+        "q_proj" | "k_proj" | "v_proj" => Site::AttnInput,
+        "o_proj" => Site::AttnOutput,
+        "gate_proj" | "up_proj" => Site::FfnInput,
+        "down_proj" => Site::FfnHidden,
+        _ => return None,
+    })
+}
+
+/// A stored tensor as the runtime binds it.
+fn stored_source(
+    name: &str,
+    qtype: QType,
+    rows: usize,
+    cols: usize,
+    bytes: Vec<u8>,
+    transform: Transform,
+) -> WeightSource {
+    let mut s = WeightSource::from_f32(name, rows, cols, &[]);
+    s.qtype = qtype;
+    s.bytes = SharedBytes::from_vec(bytes);
+    s.transform = transform;
+    s
+}
+
+/// Quantizes one tensor (`rows x cols` f32) by its choice; `hess` is the Hessian of its input
+/// (linear layers only). Returns the stored bytes and the tensor's quality figures.
+pub fn quantize_tensor(
+    c: &TensorChoice,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    hess: Option<&mut Hessian>,
+    opts: GptqOptions,
+) -> Result<(Vec<u8>, TensorQuality)> {
+    let mut w = w.to_vec();
+    let mut h: Option<Vec<f64>> = hess.map(|h| h.mean());
+    if let Transform::BlockHadamard { block, seed } = c.transform {
+        rotate_weights(&mut w, cols, block as usize, seed)?;
+        if let Some(hm) = &h {
+            h = Some(rotate_hessian(hm, cols, block as usize, seed));
+        }
+    }
+    let importance = h.as_ref().map(|hm| {
+        let ms: Vec<f32> = (0..cols).map(|i| hm[i * cols + i] as f32).collect();
+        importance_from_mean_square(&ms)
+    });
+    let bytes = if !c.qtype.is_quantized() {
+        quantize_rows(c.qtype, &w, rows, cols, None)?
+    } else {
+        match (c.method, &h) {
+            (Method::Gptq, Some(hm)) => gptq(c.qtype, &w, rows, cols, hm, opts)
+                .with_context(|| format!("GPTQ of {}", c.name))?,
+            (Method::Gptq, None) | (Method::Search, _) => {
+                quantize_rows(c.qtype, &w, rows, cols, importance.as_deref())?
+            }
+            (Method::Rtn, _) => quantize_rows(c.qtype, &w, rows, cols, None)?,
+        }
+    };
+    let deq = dequantize_rows(c.qtype, &bytes, rows, cols)?;
+    let (se, sw) = w
+        .par_iter()
+        .zip(&deq)
+        .map(|(&a, &b)| (((a - b) as f64).powi(2), (a as f64).powi(2)))
+        .reduce(|| (0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1));
+    let out_rel_err = h.as_ref().map(|hm| {
+        let hf: Vec<f32> = hm.iter().map(|&v| v as f32).collect();
+        let (e, s) = output_error(&w, &deq, rows, cols, &hf);
+        e / s.max(f64::MIN_POSITIVE)
+    });
+    let method = if c.qtype.is_quantized() {
+        match (c.method, &h) {
+            (Method::Gptq, None) => Method::Search,
+            (m, _) => m,
+        }
+        .name()
+    } else {
+        "none"
+    };
+    Ok((bytes, quality(c, rows * cols, se, sw, out_rel_err, method)))
+}
+
+fn quality(
+    c: &TensorChoice,
+    params: usize,
+    se: f64,
+    sw: f64,
+    out_rel_err: Option<f64>,
+    method: &str,
+) -> TensorQuality {
+    let bytes = c
+        .qtype
+        .tensor_bytes(rows_cols(&c.shape).0, rows_cols(&c.shape).1)
+        .unwrap_or(0);
+    TensorQuality {
+        name: c.name.clone(),
+        class: report::tensor_class(&c.name).into(),
+        layer: recipe::layer_of(&c.name),
+        qtype: c.qtype.name().into(),
+        method: method.into(),
+        rel_rmse: (se / sw.max(f64::MIN_POSITIVE)).sqrt(),
+        snr_db: if se == 0.0 {
+            f64::INFINITY
+        } else {
+            10.0 * (sw / se).log10()
+        },
+        out_rel_err,
+        params: params as u64,
+        bytes: bytes as u64,
+        section: String::new(),
+    }
+}
+
+/// Quantizes a large `[vocab, hidden]` table (embedding, untied lm_head) in row chunks,
+/// without calibration statistics (search with uniform importance). Returns the stored bytes.
+fn quantize_table(
+    ckpt: &HfCheckpoint,
+    c: &TensorChoice,
+    bars: &Bars,
+    label: &str,
+) -> Result<(Vec<u8>, TensorQuality)> {
+    let t0 = Instant::now();
+    let t = ckpt.tensor(&c.name)?;
+    let (rows, cols) = rows_cols(&t.shape);
+    let rb = c.qtype.row_bytes(cols)?;
+    let mut out = vec![0u8; rows * rb];
+    const CHUNK: usize = 4096;
+    let bar = bars.bar(
+        rows as u64,
+        label,
+        "{msg:12} {bar:30} {pos}/{len} rows [{elapsed_precise} < {eta_precise}]",
+    );
+    let (mut se, mut sw) = (0f64, 0f64);
+    for (k, o) in out.chunks_mut(CHUNK * rb).enumerate() {
+        let r0 = k * CHUNK;
+        let n = o.len() / rb;
+        let (e, s) = o
+            .par_chunks_mut(rb)
+            .enumerate()
+            .map(|(j, ob)| -> Result<(f64, f64)> {
+                let src = t.row_f32(r0 + j)?;
+                // no activation statistics for a gather table: search and rtn coincide
+                let q = quantize_rows(c.qtype, &src, 1, cols, None)?;
+                ob.copy_from_slice(&q);
+                let mut d = vec![0f32; cols];
+                dequantize_row(c.qtype, ob, &mut d)?;
+                Ok(src.iter().zip(&d).fold((0.0, 0.0), |(e, s), (&a, &b)| {
+                    (e + ((a - b) as f64).powi(2), s + (a as f64).powi(2))
+                }))
+            })
+            .try_reduce(|| (0.0, 0.0), |x, y| Ok((x.0 + y.0, x.1 + y.1)))?;
+        se += e;
+        sw += s;
+        bar.inc(n as u64);
+    }
+    bar.finish();
+    bars.log(format!(
+        "{label}: {rows} rows in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    ));
+    let method = if c.qtype.is_quantized() {
+        c.method.name()
+    } else {
+        "none"
+    };
+    Ok((out, quality(c, rows * cols, se, sw, None, method)))
+}
+
+/// Progress bars (indicatif), or nothing with `--quiet`.
+struct Bars {
+    multi: Option<MultiProgress>,
+}
+
+impl Bars {
+    fn new(quiet: bool) -> Bars {
+        Bars {
+            multi: (!quiet).then(MultiProgress::new),
+        }
+    }
+    fn bar(&self, len: u64, msg: &str, template: &str) -> ProgressBar {
+        match &self.multi {
+            Some(m) => {
+                let b = m.add(ProgressBar::new(len));
+                b.set_style(ProgressStyle::with_template(template).expect("static template"));
+                b.set_message(msg.to_string());
+                b
+            }
+            None => ProgressBar::hidden(),
+        }
+    }
+    fn log(&self, line: String) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+/// The finished tensors of `<out>.tmp`, read through a memory map before the file is
+/// renamed: the end-to-end evaluation runs the exact stored bytes. Offsets follow SPEC.md §4
+/// (sections in plan order, from 65536, each at the aligned end of the previous one) and §10
+/// (the writer's `<out>.tmp`).
+struct TmpStore {
+    config: Gemma3Config,
+    tokenizer: Vec<u8>,
+    map: SharedBytes,
+    tensors: HashMap<String, (QType, usize, usize, usize, usize, Transform, String)>,
+}
+
+impl TmpStore {
+    fn open(out: &Path, plan: &Plan, config: &Gemma3Config, tok_json: &[u8]) -> Result<TmpStore> {
+        let mut tmp = out.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let f = std::fs::File::open(&tmp).with_context(|| format!("opening {}", tmp.display()))?;
+        // SAFETY: read-only map of our own temporary file, which nothing truncates while mapped
+        let map = unsafe { memmap2::Mmap::map(&f) }
+            .with_context(|| format!("mapping {}", tmp.display()))?;
+        let mut section_offset = HashMap::new();
+        let mut at = mixqfmt::SECTION_ALIGN;
+        for r in plan.regions.iter().filter(|r| r.used > 0) {
+            section_offset.insert(r.region.name.clone(), at);
+            at = mixqfmt::align_up(at + r.used, mixqfmt::SECTION_ALIGN).expect("layout fits");
+        }
+        let mut tensors = HashMap::new();
+        for (s, p) in &plan.tensors {
+            let (r, c) = rows_cols(&s.shape);
+            let start = (section_offset[&p.section] + p.offset) as usize;
+            tensors.insert(
+                s.name.clone(),
+                (
+                    s.qtype,
+                    r,
+                    c,
+                    start,
+                    p.length as usize,
+                    s.transform,
+                    p.section.clone(),
+                ),
+            );
+        }
+        if (at as usize) > map.len() {
+            bail!("{}: shorter than its planned sections", tmp.display());
+        }
+        Ok(TmpStore {
+            config: config.clone(),
+            tokenizer: tok_json.to_vec(),
+            map: SharedBytes::from_mmap(map),
+            tensors,
+        })
+    }
+}
+
+impl WeightStore for TmpStore {
+    fn config(&self) -> &Gemma3Config {
+        &self.config
+    }
+    fn weight(&self, name: &str) -> Result<WeightSource> {
+        let (q, r, c, start, len, tr, _section) = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| anyhow!("tensor `{name}` is not in the file being written"))?;
+        let mut s = WeightSource::from_f32(name, *r, *c, &[]);
+        s.qtype = *q;
+        s.bytes = self
+            .map
+            .slice(*start..*start + *len)
+            .ok_or_else(|| anyhow!("tensor `{name}` outside the file"))?;
+        s.transform = *tr;
+        Ok(s)
+    }
+    fn tokenizer_json(&self) -> Result<Vec<u8>> {
+        Ok(self.tokenizer.clone())
+    }
+    fn describe(&self) -> String {
+        "the file being written".into()
+    }
 }

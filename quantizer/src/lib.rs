@@ -8,7 +8,10 @@
 
 pub mod convert;
 pub mod eval;
+pub mod gptq;
 pub mod inspect;
 pub mod recipe;
 pub mod report;
+pub mod rotate;
+pub mod search;
 pub mod synth;
