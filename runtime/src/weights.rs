@@ -46,6 +46,11 @@ pub trait WeightStore {
     fn tokenizer_json(&self) -> Result<Vec<u8>>;
     /// Where the weights came from, for logs.
     fn describe(&self) -> String;
+    /// Bytes of all stored weight tensors: what one decode step reads (the tied embedding is
+    /// read whole by the lm_head).
+    fn tensor_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl WeightStore for HfCheckpoint {
@@ -83,6 +88,16 @@ impl WeightStore for HfCheckpoint {
 
     fn describe(&self) -> String {
         format!("HF checkpoint {}", self.dir().display())
+    }
+
+    fn tensor_bytes(&self) -> Option<u64> {
+        Some(
+            self.tensor_names()
+                .iter()
+                .filter_map(|n| self.tensor(n).ok())
+                .map(|t| t.data.len() as u64)
+                .sum(),
+        )
     }
 }
 
@@ -149,6 +164,10 @@ impl WeightStore for MixqStore {
             self.file.path().display(),
             self.file.index().recipe.name
         )
+    }
+
+    fn tensor_bytes(&self) -> Option<u64> {
+        Some(self.file.tensors().map(|t| t.bytes.len() as u64).sum())
     }
 }
 

@@ -96,4 +96,12 @@ pub trait Backend: Send + Sync {
     }
     /// Starts a new accounting period for [`Backend::report`].
     fn reset_report(&self) {}
+    /// Measured device-memory copy bandwidth in bytes/s (read + write counted), the roofline
+    /// `bench` compares decode against; `None` where the backend cannot measure it.
+    fn copy_bandwidth(&self) -> Option<f64> {
+        None
+    }
+    /// Per-op device timing for [`Backend::report`]; off by default because timestamps after
+    /// every command cost time themselves.
+    fn set_profiling(&self, _on: bool) {}
 }

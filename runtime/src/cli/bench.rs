@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// After the timed runs, one more run with per-op device timestamps (Vulkan), printed as
+    /// a breakdown. Kept out of the timed runs: the timestamps cost time themselves.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// Text whose tokens, repeated, make the synthetic prompt: fixed, so every run and every engine
@@ -124,7 +128,12 @@ pub fn run_once<B: Backend>(model: &Gemma3<B>, prompt: &[u32], gen: usize) -> Re
 fn proc_status_bytes(key: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with(key))?;
-    let kb: u64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: u64 = line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kb * 1024)
 }
 
@@ -184,9 +193,10 @@ impl ModelTask for Task {
         let rss_after_load = proc_status_bytes("VmRSS:");
         let text_ids = l.tokenizer.encode(PROMPT_TEXT, false)?;
         let prompt = synthetic_prompt(l.tokenizer.bos_id(), &text_ids, a.prompt_tokens);
-        let threads = a.model.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        });
+        let threads = a
+            .model
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         if !a.json {
             eprintln!(
                 "mixq-run bench: {} on {} | pp{} tg{} | {} warm-up + {} runs",
@@ -231,12 +241,31 @@ impl ModelTask for Task {
         if let (Some(r), false) = (model.backend.report(), a.json) {
             println!("{r}");
         }
+        if a.profile {
+            model.backend.reset_report();
+            model.backend.set_profiling(true);
+            run_once(model, &prompt, a.gen_tokens)?;
+            model.backend.set_profiling(false);
+            match model.backend.report() {
+                Some(r) => eprintln!(
+                    "profiled run (pp{} + tg{}):\n{r}",
+                    a.prompt_tokens, a.gen_tokens
+                ),
+                None => eprintln!("profiled run: this device reports no per-op timings"),
+            }
+        }
         let stat = |f: fn(&Run) -> f64| Stats::of(&runs.iter().map(f).collect::<Vec<_>>()).unwrap();
         let pp = stat(|r| r.prefill_tokens_per_s);
         let tg = stat(|r| r.decode_tokens_per_s);
         let ttft = stat(|r| r.ttft_s);
         let peak_rss = proc_status_bytes("VmHWM:");
         let size = model_size(&a.model.model);
+        // Decode roofline: every weight byte is read once per token.
+        let weight_bytes = l.store.tensor_bytes();
+        let copy_bw = model.backend.copy_bandwidth();
+        let efficiency = copy_bw
+            .zip(weight_bytes)
+            .map(|(bw, w)| w as f64 * tg.median / bw);
 
         if a.json {
             let out = serde_json::json!({
@@ -256,6 +285,9 @@ impl ModelTask for Task {
                 "prefill_tokens_per_s": pp,
                 "decode_tokens_per_s": tg,
                 "ttft_s": ttft,
+                "weight_bytes_per_token": weight_bytes,
+                "copy_bandwidth_bytes_per_s": copy_bw,
+                "bandwidth_efficiency": efficiency,
                 "runs": runs,
                 "prompt_ids": prompt,
             });
@@ -302,6 +334,24 @@ impl ModelTask for Task {
             ttft.min * 1e3,
             ttft.max * 1e3
         );
+        let gb = |b: f64| b / 1e9;
+        match (weight_bytes, copy_bw, efficiency) {
+            (Some(weight_bytes), Some(bw), Some(eff)) => println!(
+                "roofline   {:.2} GB of weights per token x {:.2} t/s = {:.1} GB/s = {:.0} % of the measured copy bandwidth {:.0} GB/s (read+write)",
+                gb(weight_bytes as f64),
+                tg.median,
+                gb(weight_bytes as f64 * tg.median),
+                eff * 100.0,
+                gb(bw)
+            ),
+            (Some(weight_bytes), _, _) => println!(
+                "roofline   {:.2} GB of weights per token x {:.2} t/s = {:.1} GB/s",
+                gb(weight_bytes as f64),
+                tg.median,
+                gb(weight_bytes as f64 * tg.median)
+            ),
+            _ => {}
+        }
         Ok(())
     }
 }
@@ -313,9 +363,23 @@ mod tests {
     #[test]
     fn median_of_odd_and_even_counts() {
         let s = Stats::of(&[5.0, 1.0, 3.0]).unwrap();
-        assert_eq!(s, Stats { median: 3.0, min: 1.0, max: 5.0 });
+        assert_eq!(
+            s,
+            Stats {
+                median: 3.0,
+                min: 1.0,
+                max: 5.0
+            }
+        );
         let s = Stats::of(&[4.0, 1.0, 3.0, 10.0]).unwrap();
-        assert_eq!(s, Stats { median: 3.5, min: 1.0, max: 10.0 });
+        assert_eq!(
+            s,
+            Stats {
+                median: 3.5,
+                min: 1.0,
+                max: 10.0
+            }
+        );
         assert_eq!(Stats::of(&[2.5]).unwrap().median, 2.5);
         assert!(Stats::of(&[]).is_none());
     }

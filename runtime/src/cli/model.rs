@@ -28,6 +28,20 @@ pub struct ModelArgs {
     /// CPU threads (default: all cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
+    /// CPU: use the exact reference kernels (f32 activations, f32 KV cache) instead of the fast
+    /// ones (activations quantized to int8 per group for integer dot products, f16 KV cache).
+    #[arg(long)]
+    pub cpu_exact: bool,
+}
+
+impl ModelArgs {
+    pub fn cpu_backend(&self) -> Result<CpuBackend> {
+        if self.cpu_exact {
+            CpuBackend::new(self.threads)
+        } else {
+            CpuBackend::fast(self.threads)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +96,7 @@ pub fn with_model<T: ModelTask>(args: &ModelArgs, task: T) -> Result<()> {
         Tokenizer::from_bytes(&store.tokenizer_json()?).context("loading the tokenizer")?;
     match device {
         Device::Cpu => {
-            let model = Gemma3::load(store.as_ref(), CpuBackend::new(args.threads)?)
+            let model = Gemma3::load(store.as_ref(), args.cpu_backend()?)
                 .with_context(|| format!("loading {}", store.describe()))?;
             task.run(Loaded {
                 model,
@@ -102,7 +116,7 @@ pub fn with_model<T: ModelTask>(args: &ModelArgs, task: T) -> Result<()> {
             })
         }
         Device::NpuCpu => {
-            let be = HybridBackend::new(CpuBackend::new(args.threads)?, "cpu", store.config())?;
+            let be = HybridBackend::new(args.cpu_backend()?, "cpu", store.config())?;
             let model = Gemma3::load(store.as_ref(), be)
                 .with_context(|| format!("loading {}", store.describe()))?;
             task.run(Loaded {

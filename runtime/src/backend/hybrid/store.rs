@@ -76,6 +76,11 @@ impl WeightStore for NpuAttentionStore {
         self.inner.tokenizer_json()
     }
 
+    /// The wrapped store's bytes (the re-quantized attention is smaller; a bound, not exact).
+    fn tensor_bytes(&self) -> Option<u64> {
+        self.inner.tensor_bytes()
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} with attention projections quantized to int4 in npu.bank0",

@@ -877,6 +877,15 @@ fn ok<T>(r: Result<T>) -> T {
 }
 
 impl Backend for VulkanBackend {
+    fn set_profiling(&self, on: bool) {
+        VulkanBackend::set_profiling(self, on)
+    }
+
+    fn copy_bandwidth(&self) -> Option<f64> {
+        // 256 MiB: far beyond any GPU cache, small enough for an iGPU's heap.
+        self.measure_copy_bandwidth(256 << 20, 10).ok()
+    }
+
     type Buf = VkBuf;
     type Weight = VkWeight;
     type Kv = VkKv;
