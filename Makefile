@@ -16,6 +16,7 @@ export CARGO_TARGET_DIR ?= $(MIXQ_CACHE)/target
 PYTHON ?= python3
 VENV := $(MIXQ_CACHE)/venv
 VENV_REF := $(MIXQ_CACHE)/venv-ref
+VENV_BENCH := $(MIXQ_CACHE)/venv-bench
 # Debian packages the project needs; other parts of the build append to this list.
 APT_PACKAGES ?= python3-venv
 # Vulkan backend: lavapipe (CPU Vulkan driver, what CI runs on), the loader, vulkaninfo, glslc for shaders/.
@@ -24,7 +25,7 @@ APT_PACKAGES += mesa-vulkan-drivers libvulkan1 vulkan-tools glslc
 MODEL := models/gemma-3-270m
 MIXQ_RUN := $(CARGO_TARGET_DIR)/release/mixq-run
 
-.PHONY: help setup apt-packages venv test-model build test demo golden-env golden clean
+.PHONY: help setup apt-packages venv test-model build test demo golden-env golden bench-env bench clean
 
 help:
 	@echo "make demo        fetch the test model, build, run mixq-run generate"
@@ -34,6 +35,8 @@ help:
 	@echo "make setup       apt packages ($(APT_PACKAGES)) and the converter venv"
 	@echo "make golden-env  torch + transformers venv for scripts/make_golden.py (~3 GB, not CI)"
 	@echo "make golden      regenerate tests/golden/*.json with transformers (not CI)"
+	@echo "make bench       mixq vs llama.cpp (same machine, threads, prompt): tokens/s, sizes, ratios"
+	@echo "make bench-env   the llama.cpp venv for make bench (compiles llama.cpp once, a few minutes)"
 	@echo "make clean       remove models/ links and cargo's target directory"
 
 setup: apt-packages venv
@@ -81,6 +84,26 @@ golden-env:
 
 golden: test-model golden-env
 	$(VENV_REF)/bin/python scripts/make_golden.py --model $(MODEL) --eval models/data/eval.txt --out tests/golden
+
+# llama-cpp-python compiles llama.cpp here: Release (-O3) with GGML_NATIVE=ON (-march=native), as
+# a local llama.cpp build would be, so the comparison is fair. Rebuilt only when the pins change.
+bench-env:
+	@if ! cmp -s scripts/requirements-bench.txt $(VENV_BENCH)/.mixq-requirements; then \
+	  echo "[bench-env] creating $(VENV_BENCH) (compiles llama.cpp from source: a few minutes)"; \
+	  rm -rf $(VENV_BENCH) && $(PYTHON) -m venv $(VENV_BENCH) && \
+	  CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF" \
+	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(VENV_BENCH)/bin/pip install --disable-pip-version-check -q --no-binary llama-cpp-python \
+	    -r scripts/requirements-bench.txt && \
+	  cp scripts/requirements-bench.txt $(VENV_BENCH)/.mixq-requirements; \
+	fi
+
+# Knobs: make bench BENCH_ARGS="--threads 2 --prompt-tokens 128 --gen-tokens 64 --reps 5"
+BENCH_ARGS ?=
+bench: setup test-model bench-env
+	cargo build --release -p mixq-runtime -p mixq-quantizer
+	$(VENV_BENCH)/bin/python scripts/bench.py --model $(MODEL) --cache $(MIXQ_CACHE)/bench \
+	  --mixq-run $(MIXQ_RUN) --mixq-quantize $(CARGO_TARGET_DIR)/release/mixq-quantize $(BENCH_ARGS)
 
 clean:
 	rm -rf models/gemma-3-270m models/data
