@@ -117,7 +117,10 @@ impl Conversation {
         Ok(if first {
             tok.encode(&chat::render(self.system.as_deref(), &turn), true)?
         } else {
-            tok.encode(&format!("{CLOSE_REPLY}{}", chat::render(None, &turn)), false)?
+            tok.encode(
+                &format!("{CLOSE_REPLY}{}", chat::render(None, &turn)),
+                false,
+            )?
         })
     }
 
@@ -165,9 +168,17 @@ impl Conversation {
             "this message is {} tokens with the chat template{}; the context holds {} and a reply \
              needs room too: shorten it{}",
             alone.len(),
-            if self.system.is_some() { " and the system prompt" } else { "" },
+            if self.system.is_some() {
+                " and the system prompt"
+            } else {
+                ""
+            },
             self.ctx_limit,
-            if self.ctx_limit < usize::MAX / 2 { " or raise --ctx-size" } else { "" }
+            if self.ctx_limit < usize::MAX / 2 {
+                " or raise --ctx-size"
+            } else {
+                ""
+            }
         )
     }
 
@@ -213,7 +224,15 @@ impl Conversation {
         let capped = plan.max_reply < opts.max_tokens;
         opts.max_tokens = opts.max_tokens.min(plan.max_reply);
         let before = session.pos;
-        let g = generate(model, session, tok, &plan.prompt, &opts, on_text, interrupted);
+        let g = generate(
+            model,
+            session,
+            tok,
+            &plan.prompt,
+            &opts,
+            on_text,
+            interrupted,
+        );
         let g = match g {
             Ok(g) => g,
             Err(e) => {
@@ -236,7 +255,9 @@ impl Conversation {
             reply,
         });
         let context_full = g.stop == StopReason::ContextFull
-            || (capped && g.stop == StopReason::MaxTokens && g.generated_ids.len() >= opts.max_tokens);
+            || (capped
+                && g.stop == StopReason::MaxTokens
+                && g.generated_ids.len() >= opts.max_tokens);
         Ok(TurnReport {
             dropped: plan.dropped,
             prefilled: plan.prompt.len(),

@@ -45,7 +45,15 @@ fn second_turn_prefills_only_its_own_tokens() {
     let mut s = model.new_session();
 
     let r1 = conv
-        .turn(&model, &mut s, &tok, "What colour is the sky?", &opts, |_| {}, &|| false)
+        .turn(
+            &model,
+            &mut s,
+            &tok,
+            "What colour is the sky?",
+            &opts,
+            |_| {},
+            &|| false,
+        )
         .unwrap();
     let first = tok
         .encode("<start_of_turn>user\nAnswer in one word.\n\nWhat colour is the sky?<end_of_turn>\n<start_of_turn>model\n", true)
@@ -59,13 +67,19 @@ fn second_turn_prefills_only_its_own_tokens() {
         .turn(&model, &mut s, &tok, "And grass?", &opts, |_| {}, &|| false)
         .unwrap();
     let second = tok
-        .encode("<end_of_turn>\n<start_of_turn>user\nAnd grass?<end_of_turn>\n<start_of_turn>model\n", false)
+        .encode(
+            "<end_of_turn>\n<start_of_turn>user\nAnd grass?<end_of_turn>\n<start_of_turn>model\n",
+            false,
+        )
         .unwrap();
     // Only the new turn went through prefill; the first turn stayed in the cache untouched.
     assert_eq!(r2.prefilled, second.len());
     assert_eq!(r2.dropped, 0);
     assert_eq!(&conv.fed()[..after1.len()], &after1[..]);
-    assert_eq!(&conv.fed()[after1.len()..after1.len() + second.len()], &second[..]);
+    assert_eq!(
+        &conv.fed()[after1.len()..after1.len() + second.len()],
+        &second[..]
+    );
     assert_eq!(s.pos, conv.fed().len());
     assert_eq!(conv.exchanges(), 2);
 
@@ -104,7 +118,10 @@ fn a_full_context_drops_the_oldest_exchanges_and_never_fails() {
             assert!(r.prefilled > 0 && r.prefilled <= conv.fed().len());
         }
     }
-    assert!(dropped > 0, "five turns of ~45 tokens never filled a 100-token context");
+    assert!(
+        dropped > 0,
+        "five turns of ~45 tokens never filled a 100-token context"
+    );
 
     // A message that cannot fit even alone is refused, and nothing changes.
     let (fed, pos, n) = (conv.fed().to_vec(), s.pos, conv.exchanges());
@@ -125,10 +142,18 @@ fn an_interrupted_reply_is_kept_and_closed() {
     // "Ctrl-C" after the third token.
     let n = std::cell::Cell::new(0);
     let r = conv
-        .turn(&model, &mut s, &tok, "Count from one to twenty.", &opts, |_| {}, &|| {
-            n.set(n.get() + 1);
-            n.get() > 3
-        })
+        .turn(
+            &model,
+            &mut s,
+            &tok,
+            "Count from one to twenty.",
+            &opts,
+            |_| {},
+            &|| {
+                n.set(n.get() + 1);
+                n.get() > 3
+            },
+        )
         .unwrap();
     // (A base model may also end its reply before the third token.)
     if r.generation.stop == StopReason::Interrupted {
