@@ -20,15 +20,21 @@ const WEIGHT_FORMATS: [(&str, &str); 8] = [
     ("i2structured", "W_I2_STRUCTURED"),
 ];
 
-/// Ops with one variant per weight format: (op, source file).
-const WEIGHT_OPS: [(&str, &str); 3] = [
-    ("matvec", "matvec.comp"),
-    ("matmul", "matmul.comp"),
-    ("embed", "embed.comp"),
+/// Ops with one variant per weight format: (op, source file, extra define).
+const WEIGHT_OPS: [(&str, &str, &str); 5] = [
+    ("matvec", "matvec.comp", ""),
+    // q, k and v projections in one dispatch (matvec.comp, FUSE_QKV).
+    ("matvec3", "matvec.comp", "FUSE_QKV"),
+    // gelu_tanh(gate) * up in one dispatch (matvec.comp, FUSE_GELU).
+    ("matvec_gelu", "matvec.comp", "FUSE_GELU"),
+    ("matmul", "matmul.comp", ""),
+    ("embed", "embed.comp", ""),
 ];
 
 /// Ops on f32 activations only.
-const F32_OPS: [&str; 8] = [
+const F32_OPS: [&str; 10] = [
+    "add_rms_norm_f32",
+    "norm_rope_f32",
     "attention_combine_f32",
     "hadamard_f32",
     "rms_norm_f32",
@@ -46,13 +52,13 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
 
     let mut jobs: Vec<(String, String, Vec<String>)> = Vec::new();
-    for (op, src) in WEIGHT_OPS {
+    for (op, src, extra) in WEIGHT_OPS {
         for (w, define) in WEIGHT_FORMATS {
-            jobs.push((
-                format!("{op}_{w}_f32"),
-                src.to_string(),
-                vec![define.to_string()],
-            ));
+            let mut defines = vec![define.to_string()];
+            if !extra.is_empty() {
+                defines.push(extra.to_string());
+            }
+            jobs.push((format!("{op}_{w}_f32"), src.to_string(), defines));
         }
     }
     for op in F32_OPS {

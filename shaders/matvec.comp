@@ -11,6 +11,15 @@
 //   the SM) serves ROWS rows, and ROWS independent 16-byte loads are in flight per step.
 // - Reduction: subgroupAdd, then one shared-memory slot per subgroup, summed by invocation r.
 // Float formats whose rows are not whole granules finish the tail element by element.
+//
+// Fused variants (same source, built with a define; the host picks them in vulkan/mod.rs):
+// - FUSE_QKV (`matvec3_{w}_f32`): three weights of one format and width applied to the same
+//   x (q, k and v projections) in ONE dispatch: bindings 0 and 2 are arrays of 3 buffers; the
+//   first ceil(rows/ROWS) workgroups take weight 0, the next weight 1, then weight 2. The
+//   array index SEG is uniform per workgroup (needs shaderStorageBufferArrayDynamicIndexing).
+// - FUSE_GELU (`matvec_gelu_{w}_f32`): gate and up (binding 0: array of 2) of the same x;
+//   a workgroup computes its ROWS rows of both and writes gelu_tanh(gate) * up, so the FFN's
+//   first half is one dispatch and gate/up never reach memory.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
@@ -20,54 +29,118 @@ layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint ROWS = 4u;
 
 layout(push_constant) uniform Params {
-    uint rows;       // rows of this weight chunk
+    uint rows;       // rows of this weight chunk (FUSE_*: of weight 0)
     uint cols;
     uint stride;     // bytes per device row (multiple of 16)
     uint out_offset; // first output index of this chunk
     uint codes_at;   // byte offset of the codes in a row (multiple of 16)
+    uint rows1;      // FUSE_QKV: rows of weights 1 and 2
+    uint rows2;
 } p;
 
+#if defined(FUSE_QKV)
+#define NW 3
+#elif defined(FUSE_GELU)
+#define NW 2
+#endif
+
+#ifdef NW
+layout(set = 0, binding = 0) readonly buffer W { uint w[]; } wu[NW];
+layout(set = 0, binding = 0) readonly buffer W4 { uvec4 w4[]; } wg[NW];
+// Which weight granule_dot / w_elem read (workgroup-uniform).
+uint SEG = 0u;
+#define WU(i) wu[SEG].w[i]
+#define WG(i) wg[SEG].w4[i]
+#else
 layout(set = 0, binding = 0) readonly buffer W { uint w[]; };
 layout(set = 0, binding = 0) readonly buffer W4 { uvec4 w4[]; };
+#endif
 layout(set = 0, binding = 1) readonly buffer X { float x[]; };
 layout(set = 0, binding = 1) readonly buffer X4 { vec4 x4[]; };
+#ifdef FUSE_QKV
+layout(set = 0, binding = 2) writeonly buffer O { float o[]; } outs[3];
+#else
 layout(set = 0, binding = 2) writeonly buffer O { float o[]; };
+#endif
 
 #define WEIGHTS_GRANULES
 #include "weights.glsl"
 
 // One slot per (row, subgroup); subgroups are at least 4 wide on every device we target, so a
-// 128-invocation workgroup has at most 32 subgroups.
-shared float partial[4][32];
+// 128-invocation workgroup has at most 32 subgroups. FUSE_GELU: rows 4..7 hold up's sums.
+shared float partial[8][32];
+
+// As gelu_mul_f32.comp.
+float gelu_tanh(float v) {
+    float inner = clamp(0.7978846 * (v + 0.044715 * v * v * v), -15.0, 15.0);
+    return 0.5 * v * (1.0 + tanh(inner));
+}
 
 void main() {
-    uint wg = gl_WorkGroupSize.x;
+    uint wg_size = gl_WorkGroupSize.x;
     uint t = gl_LocalInvocationID.x;
-    uint r0 = group_index() * ROWS;
-    uint nr = min(ROWS, p.rows - min(p.rows, r0)); // rows of this group (uniform)
+    uint grp = group_index();
+    uint rows = p.rows;
+#ifdef FUSE_QKV
+    uint g0 = (p.rows + ROWS - 1u) / ROWS, g1 = (p.rows1 + ROWS - 1u) / ROWS;
+    if (grp >= g0 + g1) {
+        SEG = 2u;
+        grp -= g0 + g1;
+        rows = p.rows2;
+    } else if (grp >= g0) {
+        SEG = 1u;
+        grp -= g0;
+        rows = p.rows1;
+    }
+#endif
+    uint r0 = grp * ROWS;
+    uint nr = min(ROWS, rows - min(rows, r0)); // rows of this group (uniform)
     uint granules = (p.cols / EPG);
     float acc[4] = float[4](0.0, 0.0, 0.0, 0.0);
-    for (uint g = t; g < granules; g += wg) {
+#ifdef FUSE_GELU
+    float accu[4] = float[4](0.0, 0.0, 0.0, 0.0);
+#endif
+    for (uint g = t; g < granules; g += wg_size) {
         vec4 xv[EPG / 4u];
         granule_x(g, xv);
         for (uint r = 0u; r < ROWS; r++) {
             if (r < nr) {
+#ifdef FUSE_GELU
+                SEG = 0u;
                 acc[r] += granule_dot((r0 + r) * p.stride, g, xv);
+                SEG = 1u;
+                accu[r] += granule_dot((r0 + r) * p.stride, g, xv);
+#else
+                acc[r] += granule_dot((r0 + r) * p.stride, g, xv);
+#endif
             }
         }
     }
     // The tail of float rows (cols not a multiple of EPG), one element per invocation.
-    for (uint k = granules * EPG + t; k < p.cols; k += wg) {
+    for (uint k = granules * EPG + t; k < p.cols; k += wg_size) {
         for (uint r = 0u; r < ROWS; r++) {
             if (r < nr) {
+#ifdef FUSE_GELU
+                SEG = 0u;
                 acc[r] += w_elem((r0 + r) * p.stride, k) * x[k];
+                SEG = 1u;
+                accu[r] += w_elem((r0 + r) * p.stride, k) * x[k];
+#else
+                acc[r] += w_elem((r0 + r) * p.stride, k) * x[k];
+#endif
             }
         }
     }
     for (uint r = 0u; r < ROWS; r++) {
         float s = subgroupAdd(acc[r]);
+#ifdef FUSE_GELU
+        float su = subgroupAdd(accu[r]);
+#endif
         if (subgroupElect()) {
             partial[r][gl_SubgroupID] = s;
+#ifdef FUSE_GELU
+            partial[4u + r][gl_SubgroupID] = su;
+#endif
         }
     }
     barrier();
@@ -76,6 +149,16 @@ void main() {
         for (uint i = 0u; i < gl_NumSubgroups; i++) {
             s += partial[t][i];
         }
+#if defined(FUSE_QKV)
+        outs[SEG].o[r0 + t] = s;
+#elif defined(FUSE_GELU)
+        float su = 0.0;
+        for (uint i = 0u; i < gl_NumSubgroups; i++) {
+            su += partial[4u + t][i];
+        }
+        o[p.out_offset + r0 + t] = gelu_tanh(s) * su;
+#else
         o[p.out_offset + r0 + t] = s;
+#endif
     }
 }

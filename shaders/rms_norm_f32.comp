@@ -1,5 +1,7 @@
 #version 450
-// In place over rows of width d: x / sqrt(mean(x^2) + eps) * (1 + w), w decoded to f32 at load.
+// Over rows of width d: out = x / sqrt(mean(x^2) + eps) * (1 + w), w decoded to f32 at load.
+// In place when the host binds the same buffer as x and out (each element is read and written
+// by the same invocation, after the reduction); out-of-place saves the forward pass a copy.
 // One workgroup per row; the sum of squares is a tree reduction in f32 (the CPU reference sums
 // in f64: pairwise f32 summation of <= a few thousand squares stays within ~1e-7 relative).
 #extension GL_GOOGLE_include_directive : require
@@ -13,8 +15,9 @@ layout(push_constant) uniform Params {
     float eps;
 } p;
 
-layout(set = 0, binding = 0) buffer X { float x[]; };
+layout(set = 0, binding = 0) readonly buffer X { float x[]; };
 layout(set = 0, binding = 1) readonly buffer Wt { float wt[]; };
+layout(set = 0, binding = 2) writeonly buffer O { float o[]; };
 
 shared float partial[256];
 
@@ -40,6 +43,6 @@ void main() {
     }
     float inv = 1.0 / sqrt(partial[0] / float(p.d) + p.eps);
     for (uint k = t; k < p.d; k += 256u) {
-        x[base + k] = x[base + k] * inv * (1.0 + wt[k]);
+        o[base + k] = x[base + k] * inv * (1.0 + wt[k]);
     }
 }

@@ -19,13 +19,23 @@
 //   float granule_dot(uint rb, uint g, vec4 xv[EPG / 4])
 //                                       dot of granule g of the row at rb with xv
 // w_elem needs `p.cols`, `p.codes_at` and `w[]` declared before inclusion.
+//
+// Weight words are read through WU(i) (32-bit word i) and WG(i) (16-byte granule i): `w[i]`
+// and `w4[i]` unless the including shader defines them first (matvec.comp's fused variants
+// read one of several bound weights: `wu[SEG].w[i]`).
+#ifndef WU
+#define WU(i) w[i]
+#endif
+#ifndef WG
+#define WG(i) w4[i]
+#endif
 
 uint u16_at(uint a) {
-    return (w[a >> 2u] >> ((a & 2u) * 8u)) & 0xffffu;
+    return (WU(a >> 2u) >> ((a & 2u) * 8u)) & 0xffffu;
 }
 
 uint byte_at(uint a) {
-    return (w[a >> 2u] >> ((a & 3u) * 8u)) & 0xffu;
+    return (WU(a >> 2u) >> ((a & 3u) * 8u)) & 0xffu;
 }
 
 float half_at(uint a) {
@@ -45,14 +55,14 @@ vec4 u8x4(uint c) {
 #if defined(W_F32)
 const uint EPG = 4u;
 float w_elem(uint rb, uint k) {
-    return uintBitsToFloat(w[(rb >> 2u) + k]);
+    return uintBitsToFloat(WU((rb >> 2u) + k));
 }
 #ifdef WEIGHTS_GRANULES
 void granule_x(uint g, out vec4 xv[1]) {
     xv[0] = x4[g];
 }
 float granule_dot(uint rb, uint g, vec4 xv[1]) {
-    return dot(uintBitsToFloat(w4[(rb >> 4u) + g]), xv[0]);
+    return dot(uintBitsToFloat(WG((rb >> 4u) + g)), xv[0]);
 }
 #endif
 
@@ -80,7 +90,7 @@ void granule_x(uint g, out vec4 xv[2]) {
     xv[1] = x4[2u * g + 1u];
 }
 float granule_dot(uint rb, uint g, vec4 xv[2]) {
-    uvec4 c = w4[(rb >> 4u) + g];
+    uvec4 c = WG((rb >> 4u) + g);
     return dot(vec4(unpack2(c.x), unpack2(c.y)), xv[0])
          + dot(vec4(unpack2(c.z), unpack2(c.w)), xv[1]);
 }
@@ -98,7 +108,7 @@ void granule_x(uint g, out vec4 xv[4]) {
     for (uint i = 0u; i < 4u; i++) xv[i] = x4[4u * g + i];
 }
 float granule_dot(uint rb, uint g, vec4 xv[4]) {
-    uvec4 c = w4[((rb + p.codes_at) >> 4u) + g];
+    uvec4 c = WG(((rb + p.codes_at) >> 4u) + g);
     float s = dot(i8x4(c.x), xv[0]) + dot(i8x4(c.y), xv[1])
             + dot(i8x4(c.z), xv[2]) + dot(i8x4(c.w), xv[3]);
     return half_at(rb + 2u * (g / 2u)) * s;
@@ -109,7 +119,7 @@ float granule_dot(uint rb, uint g, vec4 xv[4]) {
 // Groups of 64: f16 scale, f16 min per group; codes are u8; w = min + scale * q.
 const uint EPG = 16u;
 float w_elem(uint rb, uint k) {
-    vec2 sm = unpackHalf2x16(w[(rb >> 2u) + k / 64u]);
+    vec2 sm = unpackHalf2x16(WU((rb >> 2u) + k / 64u));
     return sm.y + sm.x * float(byte_at(rb + p.codes_at + k));
 }
 #ifdef WEIGHTS_GRANULES
@@ -117,8 +127,8 @@ void granule_x(uint g, out vec4 xv[4]) {
     for (uint i = 0u; i < 4u; i++) xv[i] = x4[4u * g + i];
 }
 float granule_dot(uint rb, uint g, vec4 xv[4]) {
-    uvec4 c = w4[((rb + p.codes_at) >> 4u) + g];
-    vec2 sm = unpackHalf2x16(w[(rb >> 2u) + g / 4u]);
+    uvec4 c = WG(((rb + p.codes_at) >> 4u) + g);
+    vec2 sm = unpackHalf2x16(WU((rb >> 2u) + g / 4u));
     float s = dot(u8x4(c.x), xv[0]) + dot(u8x4(c.y), xv[1])
             + dot(u8x4(c.z), xv[2]) + dot(u8x4(c.w), xv[3]);
     vec4 xs = xv[0] + xv[1] + xv[2] + xv[3];
@@ -132,10 +142,10 @@ float granule_dot(uint rb, uint g, vec4 xv[4]) {
 // scale and f32 min per row. w = min + scale * q.
 const uint EPG = 32u;
 #if defined(W_I4_GROUPED)
-vec2 params_of(uint rb, uint chunk) { return unpackHalf2x16(w[(rb >> 2u) + chunk]); }
+vec2 params_of(uint rb, uint chunk) { return unpackHalf2x16(WU((rb >> 2u) + chunk)); }
 #else
 vec2 params_of(uint rb, uint chunk) {
-    return vec2(uintBitsToFloat(w[rb >> 2u]), uintBitsToFloat(w[(rb >> 2u) + 1u]));
+    return vec2(uintBitsToFloat(WU(rb >> 2u)), uintBitsToFloat(WU((rb >> 2u) + 1u)));
 }
 #endif
 float w_elem(uint rb, uint k) {
@@ -155,7 +165,7 @@ void granule_x(uint g, out vec4 xv[8]) {
     }
 }
 float granule_dot(uint rb, uint g, vec4 xv[8]) {
-    uvec4 c = w4[((rb + p.codes_at) >> 4u) + g];
+    uvec4 c = WG(((rb + p.codes_at) >> 4u) + g);
     vec2 sm = params_of(rb, g / 2u);
     float s = 0.0;
     vec4 xs = vec4(0.0);
@@ -179,7 +189,7 @@ float w_elem(uint rb, uint k) {
     uint sb = k / 128u;
     uint i = k % 128u;
     uint q = (byte_at(rb + p.codes_at + sb * 32u + (i % 32u)) >> (2u * (i / 32u))) & 3u;
-    vec2 dd = unpackHalf2x16(w[(rb + 12u * sb) >> 2u]);
+    vec2 dd = unpackHalf2x16(WU((rb + 12u * sb) >> 2u));
     uint s = byte_at(rb + 12u * sb + 4u + i / 16u);
     return dd.x * float(s & 15u) * float(q) - dd.y * float(s >> 4u);
 }
@@ -195,11 +205,11 @@ void granule_x(uint g, out vec4 xv[16]) {
     }
 }
 float granule_dot(uint rb, uint g, vec4 xv[16]) {
-    uvec4 c = w4[((rb + p.codes_at) >> 4u) + g];
+    uvec4 c = WG(((rb + p.codes_at) >> 4u) + g);
     uint sb = g / 2u, h = g % 2u;
     uint pw = (rb + 12u * sb) >> 2u;
-    vec2 dd = unpackHalf2x16(w[pw]);
-    uint s01 = w[pw + 1u], s23 = w[pw + 2u];
+    vec2 dd = unpackHalf2x16(WU(pw));
+    uint s01 = WU(pw + 1u), s23 = WU(pw + 2u);
     float acc = 0.0;
     for (uint s = 0u; s < 4u; s++) {
         uint sh = 2u * s;

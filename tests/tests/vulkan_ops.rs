@@ -489,3 +489,217 @@ fn copy_bandwidth_weight_bytes_and_op_times() {
     v.reset_op_times();
     assert!(v.op_times().is_empty());
 }
+
+/// The fused projections (matvec.comp's FUSE_QKV / FUSE_GELU variants for decode; separate
+/// matmuls without barriers between them otherwise) against the CPU backend's default
+/// compositions, for every weight format, with and without an input rotation, plus a q/k/v
+/// triple of mixed formats (not fusable: three matvecs).
+#[test]
+fn fused_qkv_and_gate_up() {
+    let (c, v) = (cpu(), vk());
+    let cases: Vec<(QType, usize, Option<(u32, u64)>)> = QType::ALL
+        .iter()
+        .map(|&q| (q, 256, None))
+        .chain([
+            (QType::F16, 250, None),
+            (QType::I2Structured, 384, Some((128, 7))),
+            (QType::I4Grouped, 384, Some((64, 3))),
+        ])
+        .collect();
+    for (q, cols, rot) in cases {
+        let mk = |rows: usize, s: u64| {
+            let mut w = weight(q, rows, cols, s);
+            if let Some((block, seed)) = rot {
+                w.transform = Transform::BlockHadamard { block, seed };
+            }
+            w
+        };
+        // 70 / 20 / 44 rows: segments that end mid-workgroup.
+        let ws = [mk(70, 1), mk(20, 2), mk(44, 3)];
+        let cw: Vec<_> = ws.iter().map(|w| c.load_weight(w).unwrap()).collect();
+        let vw: Vec<_> = ws.iter().map(|w| v.load_weight(w).unwrap()).collect();
+        let (cg, cu) = (
+            c.load_weight(&mk(90, 4)).unwrap(),
+            c.load_weight(&mk(90, 5)).unwrap(),
+        );
+        let (vg, vu) = (
+            v.load_weight(&mk(90, 4)).unwrap(),
+            v.load_weight(&mk(90, 5)).unwrap(),
+        );
+        for n in [1, 3] {
+            let what = format!("{} cols={cols} rot={rot:?} n={n}", q.name());
+            let x: Vec<f32> = rand_vec(n * cols, 60 + n as u64)
+                .iter()
+                .map(|a| a * 4.0)
+                .collect();
+            let (cx, vx) = bufs(&c, &v, &x);
+            let mut co: Vec<_> = ws.iter().map(|w| c.alloc(n * w.rows)).collect();
+            let mut vo: Vec<_> = ws.iter().map(|w| v.alloc(n * w.rows)).collect();
+            let (_, d0, _) = v.counters();
+            c.matmul_many(
+                &[&cw[0], &cw[1], &cw[2]],
+                &cx,
+                n,
+                &mut co.iter_mut().collect::<Vec<_>>(),
+            );
+            v.matmul_many(
+                &[&vw[0], &vw[1], &vw[2]],
+                &vx,
+                n,
+                &mut vo.iter_mut().collect::<Vec<_>>(),
+            );
+            let (_, d1, _) = v.counters();
+            if n == 1 {
+                let want = 1 + rot.is_some() as u64;
+                assert_eq!(d1 - d0, want, "{what}: q/k/v in one dispatch");
+            }
+            for (i, w) in ws.iter().enumerate() {
+                check(
+                    &format!("matmul_many {what} weight {i}"),
+                    &v.download(&vo[i], n * w.rows),
+                    &co[i],
+                    NMSE_F32,
+                );
+            }
+            let (mut cgo, mut cuo) = (c.alloc(n * 90), c.alloc(n * 90));
+            let (mut vgo, mut vuo) = (v.alloc(n * 90), v.alloc(n * 90));
+            let (_, d0, _) = v.counters();
+            c.gate_up(&cg, &cu, &cx, n, 90, &mut cgo, &mut cuo);
+            v.gate_up(&vg, &vu, &vx, n, 90, &mut vgo, &mut vuo);
+            let (_, d1, _) = v.counters();
+            if n == 1 {
+                let want = 1 + rot.is_some() as u64;
+                assert_eq!(d1 - d0, want, "{what}: gate/up/gelu in one dispatch");
+            }
+            check(
+                &format!("gate_up {what}"),
+                &v.download(&vgo, n * 90),
+                &cgo,
+                NMSE_F32,
+            );
+        }
+    }
+    // Mixed formats: three matvecs, same results.
+    let ws = [
+        weight(QType::I4Grouped, 40, 256, 8),
+        weight(QType::I8Sym, 24, 256, 9),
+        weight(QType::I4Grouped, 24, 256, 10),
+    ];
+    let cw: Vec<_> = ws.iter().map(|w| c.load_weight(w).unwrap()).collect();
+    let vw: Vec<_> = ws.iter().map(|w| v.load_weight(w).unwrap()).collect();
+    let x = rand_vec(256, 77);
+    let (cx, vx) = bufs(&c, &v, &x);
+    let mut co: Vec<_> = ws.iter().map(|w| c.alloc(w.rows)).collect();
+    let mut vo: Vec<_> = ws.iter().map(|w| v.alloc(w.rows)).collect();
+    c.matmul_many(
+        &[&cw[0], &cw[1], &cw[2]],
+        &cx,
+        1,
+        &mut co.iter_mut().collect::<Vec<_>>(),
+    );
+    v.matmul_many(
+        &[&vw[0], &vw[1], &vw[2]],
+        &vx,
+        1,
+        &mut vo.iter_mut().collect::<Vec<_>>(),
+    );
+    for (i, w) in ws.iter().enumerate() {
+        check(
+            &format!("matmul_many mixed weight {i}"),
+            &v.download(&vo[i], w.rows),
+            &co[i],
+            NMSE_F32,
+        );
+    }
+}
+
+/// rms_norm_into, add_rms_norm (with and without the next pre-norm) and qk_norm_rope against
+/// the CPU backend's default compositions (copy + rms_norm, rms_norm + add (+ copy + rms_norm),
+/// rms_norm x2 + rope x2).
+#[test]
+fn fused_norms() {
+    let (c, v) = (cpu(), vk());
+    for (d, rows) in [(256, 3), (640, 2), (1000, 1)] {
+        let nw = |s: u64| WeightSource::from_f32("norm", 1, d, &rand_vec(d, s));
+        let (w1, w2) = (nw(21), nw(22));
+        let (cw1, vw1) = (c.load_weight(&w1).unwrap(), v.load_weight(&w1).unwrap());
+        let (cw2, vw2) = (c.load_weight(&w2).unwrap(), v.load_weight(&w2).unwrap());
+        let x: Vec<f32> = rand_vec(rows * d, 23).iter().map(|a| a * 300.0).collect();
+        let y: Vec<f32> = rand_vec(rows * d, 24).iter().map(|a| a * 50.0).collect();
+        let (mut cx, mut vx) = bufs(&c, &v, &x);
+        let (mut cy, mut vy) = bufs(&c, &v, &y);
+        let (mut ca, mut va) = (c.alloc(rows * d), v.alloc(rows * d));
+        c.rms_norm_into(&cx, &cw1, rows, d, 1e-6, &mut ca);
+        v.rms_norm_into(&vx, &vw1, rows, d, 1e-6, &mut va);
+        check(
+            &format!("rms_norm_into d={d}"),
+            &v.download(&va, rows * d),
+            &ca,
+            NMSE_F32,
+        );
+        check(
+            &format!("rms_norm_into keeps x d={d}"),
+            &v.download(&vx, rows * d),
+            &x,
+            0.0,
+        );
+        for next in [Some((&cw2, &vw2)), None] {
+            let what = format!("add_rms_norm d={d} next={}", next.is_some());
+            c.add_rms_norm(&mut cx, &mut cy, &cw1, next.map(|n| n.0), rows, d, 1e-6);
+            v.add_rms_norm(&mut vx, &mut vy, &vw1, next.map(|n| n.1), rows, d, 1e-6);
+            check(
+                &format!("{what} x"),
+                &v.download(&vx, rows * d),
+                &cx,
+                NMSE_F32,
+            );
+            check(
+                &format!("{what} y"),
+                &v.download(&vy, rows * d),
+                &cy,
+                NMSE_F32,
+            );
+        }
+    }
+    for (hd, pos0) in [(64, 0), (256, 77)] {
+        let (n, heads, kv_heads) = (3, 4, 2);
+        let (wq, wk) = (
+            WeightSource::from_f32("q_norm", 1, hd, &rand_vec(hd, 31)),
+            WeightSource::from_f32("k_norm", 1, hd, &rand_vec(hd, 32)),
+        );
+        let (cwq, vwq) = (c.load_weight(&wq).unwrap(), v.load_weight(&wq).unwrap());
+        let (cwk, vwk) = (c.load_weight(&wk).unwrap(), v.load_weight(&wk).unwrap());
+        let q: Vec<f32> = rand_vec(n * heads * hd, 33)
+            .iter()
+            .map(|a| a * 20.0)
+            .collect();
+        let k: Vec<f32> = rand_vec(n * kv_heads * hd, 34)
+            .iter()
+            .map(|a| a * 20.0)
+            .collect();
+        let (mut cq, mut vq) = bufs(&c, &v, &q);
+        let (mut ck, mut vk_) = bufs(&c, &v, &k);
+        let p = RopeParams {
+            heads,
+            head_dim: hd,
+            pos0,
+            base: 10_000.0,
+            scale: 1.0,
+        };
+        c.qk_norm_rope(&mut cq, &mut ck, &cwq, &cwk, n, kv_heads, p, 1e-6);
+        v.qk_norm_rope(&mut vq, &mut vk_, &vwq, &vwk, n, kv_heads, p, 1e-6);
+        let what = format!("qk_norm_rope hd={hd}");
+        check(
+            &format!("{what} q"),
+            &v.download(&vq, n * heads * hd),
+            &cq,
+            NMSE_F32,
+        );
+        check(
+            &format!("{what} k"),
+            &v.download(&vk_, n * kv_heads * hd),
+            &ck,
+            NMSE_F32,
+        );
+    }
+}

@@ -89,6 +89,101 @@ pub trait Backend: Send + Sync {
     /// The `k` largest of the first `len` values, as (index, value), largest first.
     fn top_k(&self, x: &Self::Buf, len: usize, k: usize) -> Vec<(u32, f32)>;
 
+    // Fused ops. Each default is the composition of the ops above that it replaces, so a
+    // backend only overrides what it can do in fewer device commands (the Vulkan backend:
+    // one dispatch each instead of 2 to 4, each behind a full barrier).
+
+    /// `out = rms_norm(x)` over `rows` rows of width `d`, leaving `x` unchanged (a pre-norm
+    /// without copying the residual stream first).
+    fn rms_norm_into(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Weight,
+        rows: usize,
+        d: usize,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) {
+        self.copy(x, 0, out, rows * d);
+        self.rms_norm(out, w, rows, eps);
+    }
+    /// The end of a sandwich-normed sublayer: `y = rms_norm(y, w)`, `x += y`; then, with
+    /// `next`, the next sublayer's pre-norm `y = rms_norm(x, next)`. Rows of width `d`.
+    #[allow(clippy::too_many_arguments)]
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Buf,
+        y: &mut Self::Buf,
+        w: &Self::Weight,
+        next: Option<&Self::Weight>,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) {
+        self.rms_norm(y, w, rows, eps);
+        self.add(x, y, rows * d);
+        if let Some(next) = next {
+            self.copy(x, 0, y, rows * d);
+            self.rms_norm(y, next, rows, eps);
+        }
+    }
+    /// `outs[i] = x · ws[i]ᵀ` for weights sharing the input `x` (q, k and v projections).
+    fn matmul_many(
+        &self,
+        ws: &[&Self::Weight],
+        x: &Self::Buf,
+        n: usize,
+        outs: &mut [&mut Self::Buf],
+    ) {
+        assert_eq!(ws.len(), outs.len(), "matmul_many: one output per weight");
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(w, x, n, out);
+        }
+    }
+    /// The gated FFN's first half: `gate = gelu_tanh(x · gate_wᵀ) * (x · up_wᵀ)`, `inter`
+    /// values per token; `up` is scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn gate_up(
+        &self,
+        gate_w: &Self::Weight,
+        up_w: &Self::Weight,
+        x: &Self::Buf,
+        n: usize,
+        inter: usize,
+        gate: &mut Self::Buf,
+        up: &mut Self::Buf,
+    ) {
+        self.matmul(gate_w, x, n, gate);
+        self.matmul(up_w, x, n, up);
+        self.gelu_mul(gate, up, n * inter);
+    }
+    /// Gemma 3's QK-norm then RoPE: each head of `q` (`p.heads` heads) and `k` (`kv_heads`
+    /// heads) RMS-normalised with `q_norm` / `k_norm`, then rotated.
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm_rope(
+        &self,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        q_norm: &Self::Weight,
+        k_norm: &Self::Weight,
+        n: usize,
+        kv_heads: usize,
+        p: RopeParams,
+        eps: f32,
+    ) {
+        self.rms_norm(q, q_norm, n * p.heads, eps);
+        self.rms_norm(k, k_norm, n * kv_heads, eps);
+        self.rope(q, n, p);
+        self.rope(
+            k,
+            n,
+            RopeParams {
+                heads: kv_heads,
+                ..p
+            },
+        );
+    }
+
     /// A per-device time breakdown since the last [`Backend::reset_report`], for `bench`
     /// (the hybrid scheduler's: measured time per device and its Phoenix projection).
     fn report(&self) -> Option<String> {

@@ -305,27 +305,37 @@ pub fn run_layer<B: Backend>(
         LayerKind::Full => (c.rope_theta, c.rope_scaling_factor, None),
     };
 
-    // Attention block: pre-norm.                                     a: (n, hidden)
-    be.copy(&b.x, 0, &mut b.a, n * c.hidden_size);
-    be.rms_norm(&mut b.a, &layer.input_layernorm, n, c.rms_norm_eps);
-    // Projections.                          q: (n, heads*hd), k, v: (n, kv_heads*hd)
+    let (d, eps) = (c.hidden_size, c.rms_norm_eps);
+
+    // Attention block: pre-norm (x stays the residual stream).      a: (n, hidden)
+    be.rms_norm_into(&b.x, &layer.input_layernorm, n, d, eps, &mut b.a);
+    // Projections of the same input.        q: (n, heads*hd), k, v: (n, kv_heads*hd)
     observe(Site::AttnInput, &b.a, n);
-    be.matmul(&layer.q_proj, &b.a, n, &mut b.q);
-    be.matmul(&layer.k_proj, &b.a, n, &mut b.k);
-    be.matmul(&layer.v_proj, &b.a, n, &mut b.v);
-    // QK-norm over each head's head_dim values, before RoPE.
-    be.rms_norm(&mut b.q, &layer.q_norm, n * heads, c.rms_norm_eps);
-    be.rms_norm(&mut b.k, &layer.k_norm, n * kv_heads, c.rms_norm_eps);
-    // RoPE: local base on sliding layers, global base (+ linear scaling) on full layers.
-    let rope = |heads| RopeParams {
+    be.matmul_many(
+        &[&layer.q_proj, &layer.k_proj, &layer.v_proj],
+        &b.a,
+        n,
+        &mut [&mut b.q, &mut b.k, &mut b.v],
+    );
+    // QK-norm over each head's head_dim values, then RoPE: local base on sliding layers,
+    // global base (+ linear scaling) on full layers.
+    let rope = RopeParams {
         heads,
         head_dim: hd,
         pos0,
         base,
         scale: rope_scale,
     };
-    be.rope(&mut b.q, n, rope(heads));
-    be.rope(&mut b.k, n, rope(kv_heads));
+    be.qk_norm_rope(
+        &mut b.q,
+        &mut b.k,
+        &layer.q_norm,
+        &layer.k_norm,
+        n,
+        kv_heads,
+        rope,
+        eps,
+    );
     // Causal GQA attention over cache + batch; sliding layers see the last `window` keys.
     let attn = AttnParams {
         n,
@@ -338,31 +348,39 @@ pub fn run_layer<B: Backend>(
         softcap: c.attn_logit_softcapping,
     };
     be.attention(kv, &b.q, &b.k, &b.v, &mut b.attn, attn);
-    // Output projection, post-attention norm, residual.              a: (n, hidden)
+    // Output projection; post-attention norm, residual, and the FFN's pre-norm.  a: (n, hidden)
     observe(Site::AttnOutput, &b.attn, n);
     be.matmul(&layer.o_proj, &b.attn, n, &mut b.a);
-    be.rms_norm(&mut b.a, &layer.post_attention_layernorm, n, c.rms_norm_eps);
-    be.add(&mut b.x, &b.a, n * c.hidden_size);
-
-    // FFN block: pre-norm, GELU(tanh)-gated, post-norm, residual.  gate, up: (n, inter)
-    be.copy(&b.x, 0, &mut b.a, n * c.hidden_size);
-    be.rms_norm(
+    be.add_rms_norm(
+        &mut b.x,
         &mut b.a,
-        &layer.pre_feedforward_layernorm,
+        &layer.post_attention_layernorm,
+        Some(&layer.pre_feedforward_layernorm),
         n,
-        c.rms_norm_eps,
+        d,
+        eps,
     );
+
+    // FFN block: GELU(tanh)-gated, post-norm, residual.            gate: (n, inter)
     observe(Site::FfnInput, &b.a, n);
-    be.matmul(&layer.gate_proj, &b.a, n, &mut b.gate);
-    be.matmul(&layer.up_proj, &b.a, n, &mut b.up);
-    be.gelu_mul(&mut b.gate, &b.up, n * c.intermediate_size);
+    be.gate_up(
+        &layer.gate_proj,
+        &layer.up_proj,
+        &b.a,
+        n,
+        c.intermediate_size,
+        &mut b.gate,
+        &mut b.up,
+    );
     observe(Site::FfnHidden, &b.gate, n);
     be.matmul(&layer.down_proj, &b.gate, n, &mut b.a);
-    be.rms_norm(
+    be.add_rms_norm(
+        &mut b.x,
         &mut b.a,
         &layer.post_feedforward_layernorm,
+        None,
         n,
-        c.rms_norm_eps,
+        d,
+        eps,
     );
-    be.add(&mut b.x, &b.a, n * c.hidden_size);
 }

@@ -204,6 +204,9 @@ pub struct Device {
     pub min_import_alignment: u64,
     /// Valid bits of the compute queue's timestamps (0: no timestamps on this queue).
     pub timestamp_bits: u32,
+    /// `shaderStorageBufferArrayDynamicIndexing` is enabled: shaders may index arrays of
+    /// storage buffers with a workgroup-uniform value (the fused q/k/v matvec does).
+    pub buffer_array_indexing: bool,
 }
 
 impl Device {
@@ -261,9 +264,15 @@ impl Device {
             if info.external_memory_host {
                 exts.push(ash::ext::external_memory_host::NAME.as_ptr());
             }
+            let supported = ii.get_physical_device_features(pd);
+            let buffer_array_indexing =
+                supported.shader_storage_buffer_array_dynamic_indexing == vk::TRUE;
+            let features = vk::PhysicalDeviceFeatures::default()
+                .shader_storage_buffer_array_dynamic_indexing(buffer_array_indexing);
             let create = vk::DeviceCreateInfo::default()
                 .queue_create_infos(&qinfo)
-                .enabled_extension_names(&exts);
+                .enabled_extension_names(&exts)
+                .enabled_features(&features);
             let device = ii
                 .create_device(pd, &create, None)
                 .with_context(|| format!("vkCreateDevice on {}", info.name))?;
@@ -279,6 +288,7 @@ impl Device {
             Ok(Device {
                 pd,
                 timestamp_bits,
+                buffer_array_indexing,
                 host_import: info.external_memory_host,
                 min_import_alignment: host_props.min_imported_host_pointer_alignment.max(1),
                 info,

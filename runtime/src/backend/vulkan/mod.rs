@@ -579,7 +579,11 @@ impl VulkanBackend {
             Some(rot) => Some(self.rotate(&mut rec, rot, x, n, w.cols)?),
         };
         let xb = rotated.unwrap_or(x.buffer());
-        for c in &w.chunks {
+        for (i, c) in w.chunks.iter().enumerate() {
+            if i > 0 {
+                // Chunks write disjoint output rows: no barrier between them.
+                rec.concurrent();
+            }
             if n == 1 {
                 let (wg, rows) = matvec_shape(w.qtype, w.cols, c.rows);
                 rec.dispatch_spec(
@@ -654,11 +658,220 @@ impl VulkanBackend {
         Ok(b)
     }
 
+    /// Whether `ws` can share one fused matvec dispatch (matvec.comp's FUSE_* variants): same
+    /// format, width and input rotation, each in one binding chunk, and a device that indexes
+    /// arrays of storage buffers.
+    fn fusable(&self, ws: &[&VkWeight]) -> bool {
+        let w0 = ws[0];
+        let same_rotation = |w: &VkWeight| match (&w.rotation, &w0.rotation) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.block == b.block && a.seed == b.seed,
+            _ => false,
+        };
+        self.dev().buffer_array_indexing
+            && ws.iter().all(|w| {
+                w.chunks.len() == 1
+                    && w.qtype == w0.qtype
+                    && w.cols == w0.cols
+                    && w.stride == w0.stride
+                    && w.codes_at == w0.codes_at
+                    && same_rotation(w)
+            })
+    }
+
+    /// q/k/v: one matvec3 dispatch for decode when [`Self::fusable`]; else one matmul per
+    /// weight, recorded without barriers between them when they share the input rotation.
+    fn try_matmul_many(
+        &self,
+        ws: &[&VkWeight],
+        x: &VkBuf,
+        n: usize,
+        outs: &mut [&mut VkBuf],
+    ) -> Result<()> {
+        assert_eq!(ws.len(), outs.len(), "matmul_many: one output per weight");
+        for (w, o) in ws.iter().zip(outs.iter()) {
+            assert!(n * w.cols <= x.len && n * w.rows <= o.len, "matmul shapes");
+        }
+        if ws.is_empty() {
+            return Ok(());
+        }
+        if n == 1 && ws.len() == 3 && self.fusable(ws) {
+            let w0 = ws[0];
+            let mut rec = self.rec();
+            let xb = match &w0.rotation {
+                None => x.buffer(),
+                Some(rot) => self.rotate(&mut rec, rot, x, 1, w0.cols)?,
+            };
+            let total: usize = ws.iter().map(|w| w.rows).sum();
+            let (wg, per) = matvec_shape(w0.qtype, w0.cols, total);
+            let groups: usize = ws.iter().map(|w| w.rows.div_ceil(per as usize)).sum();
+            let wb: Vec<vk::Buffer> = ws.iter().map(|w| w.chunks[0].buffer).collect();
+            let ob: Vec<vk::Buffer> = outs.iter().map(|o| o.buffer()).collect();
+            rec.dispatch_arrays(
+                self.dev(),
+                variant("matvec3", w0.qtype),
+                &[wg, per],
+                &[&wb, &[xb], &ob],
+                &[
+                    u(ws[0].rows),
+                    u(w0.cols),
+                    u(w0.stride),
+                    0,
+                    u(w0.codes_at),
+                    u(ws[1].rows),
+                    u(ws[2].rows),
+                ],
+                grid(u(groups)),
+            )?;
+            if w0.rotation.is_some() {
+                rec.rotated.as_mut().unwrap().valid_at = rec.commands;
+            }
+            return Ok(());
+        }
+        let shared_input = ws.len() == 1 || self.fusable_input(ws);
+        for (i, (w, out)) in ws.iter().zip(outs.iter_mut()).enumerate() {
+            if i > 0 && shared_input {
+                self.rec().concurrent();
+            }
+            self.try_matmul(w, x, n, out)?;
+        }
+        Ok(())
+    }
+
+    /// All of `ws` take the same input rotation (or none): after the first matmul the others
+    /// only read what it read, so they need no barrier.
+    fn fusable_input(&self, ws: &[&VkWeight]) -> bool {
+        ws.iter().all(|w| match (&w.rotation, &ws[0].rotation) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.block == b.block && a.seed == b.seed,
+            _ => false,
+        })
+    }
+
+    /// gelu_tanh(x·gateᵀ) * (x·upᵀ): one matvec_gelu dispatch for decode when
+    /// [`Self::fusable`]; else gate, up (no barrier between) and gelu_mul.
+    #[allow(clippy::too_many_arguments)]
+    fn try_gate_up(
+        &self,
+        gate_w: &VkWeight,
+        up_w: &VkWeight,
+        x: &VkBuf,
+        n: usize,
+        inter: usize,
+        gate: &mut VkBuf,
+        up: &mut VkBuf,
+    ) -> Result<()> {
+        assert!(
+            gate_w.rows == inter && up_w.rows == inter && n * inter <= gate.len.min(up.len),
+            "gate_up shapes"
+        );
+        assert!(n * gate_w.cols <= x.len, "gate_up input");
+        if n == 1 && self.fusable(&[gate_w, up_w]) {
+            let mut rec = self.rec();
+            let xb = match &gate_w.rotation {
+                None => x.buffer(),
+                Some(rot) => self.rotate(&mut rec, rot, x, 1, gate_w.cols)?,
+            };
+            // Each workgroup reads ROWS rows of both matrices: half matvec's rows per group
+            // keeps the loads in flight (and registers) per invocation as for one matrix.
+            let (wg, per) = matvec_shape(gate_w.qtype, gate_w.cols, inter);
+            let per = (per / 2).max(1);
+            let wb = [gate_w.chunks[0].buffer, up_w.chunks[0].buffer];
+            rec.dispatch_arrays(
+                self.dev(),
+                variant("matvec_gelu", gate_w.qtype),
+                &[wg, per],
+                &[&wb, &[xb], &[gate.buffer()]],
+                &[
+                    u(inter),
+                    u(gate_w.cols),
+                    u(gate_w.stride),
+                    0,
+                    u(gate_w.codes_at),
+                    0,
+                    0,
+                ],
+                grid(u(inter.div_ceil(per as usize))),
+            )?;
+            if gate_w.rotation.is_some() {
+                rec.rotated.as_mut().unwrap().valid_at = rec.commands;
+            }
+            return Ok(());
+        }
+        self.try_matmul(gate_w, x, n, gate)?;
+        if self.fusable_input(&[gate_w, up_w]) {
+            self.rec().concurrent();
+        }
+        self.try_matmul(up_w, x, n, up)?;
+        self.elementwise("gelu_mul_f32", gate, up, n * inter)
+    }
+
     fn try_rope(&self, x: &mut VkBuf, n: usize, p: RopeParams) -> Result<()> {
         let half = p.head_dim / 2;
         assert!(n * p.heads * p.head_dim <= x.len, "rope shapes");
-        let key = [u(p.pos0), u(n), u(half), f(p.base), f(p.scale)];
         let mut rec = self.rec();
+        let table = self.rope_table(&mut rec, n, p)?;
+        rec.dispatch(
+            self.dev(),
+            "rope_f32",
+            &[x.buffer(), table],
+            &[u(n), u(p.heads), u(half)],
+            grid(u((n * p.heads * half).div_ceil(256))),
+        )
+    }
+
+    /// QK-norm + RoPE of q and k: one norm_rope_f32 dispatch each, recorded without a barrier
+    /// between them (they touch disjoint buffers).
+    #[allow(clippy::too_many_arguments)]
+    fn try_qk_norm_rope(
+        &self,
+        q: &mut VkBuf,
+        k: &mut VkBuf,
+        q_norm: &VkWeight,
+        k_norm: &VkWeight,
+        n: usize,
+        kv_heads: usize,
+        p: RopeParams,
+        eps: f32,
+    ) -> Result<()> {
+        let half = p.head_dim / 2;
+        assert!(
+            n * p.heads * p.head_dim <= q.len
+                && n * kv_heads * p.head_dim <= k.len
+                && q_norm.cols == p.head_dim
+                && k_norm.cols == p.head_dim
+                && p.head_dim % 2 == 0,
+            "qk_norm_rope shapes"
+        );
+        if n == 0 {
+            return Ok(());
+        }
+        let mut rec = self.rec();
+        let table = self.rope_table(&mut rec, n, p)?;
+        for (i, (x, w, heads)) in [(&*q, q_norm, p.heads), (&*k, k_norm, kv_heads)]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                rec.concurrent();
+            }
+            let wv = w.vector.as_ref().expect("norm weights are 1-D");
+            rec.dispatch(
+                self.dev(),
+                "norm_rope_f32",
+                &[x.buffer(), wv.buffer(), table],
+                &[u(n), u(heads), u(half), f(eps)],
+                grid(u(n * heads)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The cos/sin table of a batch (recorded once per command buffer and shape; every layer
+    /// of a kind shares it).
+    fn rope_table(&self, rec: &mut Recorder, n: usize, p: RopeParams) -> Result<vk::Buffer> {
+        let half = p.head_dim / 2;
+        let key = [u(p.pos0), u(n), u(half), f(p.base), f(p.scale)];
         if !rec.rope_tables.contains_key(&key) {
             // cos/sin exactly as the CPU backend computes them (f32 inv_freq, f32 sin_cos).
             let d = p.head_dim;
@@ -681,14 +894,7 @@ impl VulkanBackend {
             rec.update(self.dev(), table.buffer(), 0, &bytes)?;
             rec.rope_tables.insert(key, table);
         }
-        let table = rec.rope_tables[&key].buffer();
-        rec.dispatch(
-            self.dev(),
-            "rope_f32",
-            &[x.buffer(), table],
-            &[u(n), u(p.heads), u(half)],
-            grid(u((n * p.heads * half).div_ceil(256))),
-        )
+        Ok(rec.rope_tables[&key].buffer())
     }
 
     fn try_attention(
@@ -766,15 +972,6 @@ impl VulkanBackend {
             ],
             (gx, gy, u(splits)),
         )?;
-        if splits > 1 {
-            rec.dispatch(
-                self.dev(),
-                "attention_combine_f32",
-                &[part_buf, out.buffer()],
-                &[u(p.n * p.heads), u(d), u(splits)],
-                grid(u(p.n * p.heads)),
-            )?;
-        }
         // Store the batch; a ring keeps only its last `window` positions.
         let row = (kv_dim * 4) as u64;
         let mut regions: Vec<vk::BufferCopy> = Vec::new();
@@ -799,8 +996,26 @@ impl VulkanBackend {
                 }),
             }
         }
-        rec.copy(self.dev(), k.buffer(), kv.k.buffer(), &regions)?;
-        rec.copy(self.dev(), v.buffer(), kv.v.buffer(), &regions)?;
+        // The stores write slots no query of a one-token batch reads (its own position comes
+        // from `k`/`v`; a ring slot it reuses held a position outside the window), so for
+        // decode they run concurrently with attention_f32.
+        if !regions.is_empty() {
+            if p.n == 1 {
+                rec.concurrent();
+            }
+            rec.copy(self.dev(), k.buffer(), kv.k.buffer(), &regions)?;
+            rec.concurrent();
+            rec.copy(self.dev(), v.buffer(), kv.v.buffer(), &regions)?;
+        }
+        if splits > 1 {
+            rec.dispatch(
+                self.dev(),
+                "attention_combine_f32",
+                &[part_buf, out.buffer()],
+                &[u(p.n * p.heads), u(d), u(splits)],
+                grid(u(p.n * p.heads)),
+            )?;
+        }
         kv.len = end;
         Ok(())
     }
@@ -971,10 +1186,100 @@ impl Backend for VulkanBackend {
         ok(self.rec().dispatch(
             self.dev(),
             "rms_norm_f32",
-            &[x.buffer(), wv.buffer()],
+            &[x.buffer(), wv.buffer(), x.buffer()],
             &[u(rows), u(w.cols), f(eps)],
             grid(u(rows)),
         ))
+    }
+
+    fn rms_norm_into(
+        &self,
+        x: &VkBuf,
+        w: &VkWeight,
+        rows: usize,
+        d: usize,
+        eps: f32,
+        out: &mut VkBuf,
+    ) {
+        let wv = w.vector.as_ref().expect("norm weights are 1-D");
+        assert!(
+            d == w.cols && rows * d <= x.len && rows * d <= out.len,
+            "rms_norm shapes"
+        );
+        if rows == 0 {
+            return;
+        }
+        ok(self.rec().dispatch(
+            self.dev(),
+            "rms_norm_f32",
+            &[x.buffer(), wv.buffer(), out.buffer()],
+            &[u(rows), u(d), f(eps)],
+            grid(u(rows)),
+        ))
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &mut VkBuf,
+        y: &mut VkBuf,
+        w: &VkWeight,
+        next: Option<&VkWeight>,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) {
+        let wv = w.vector.as_ref().expect("norm weights are 1-D");
+        let wn = next.map(|n| n.vector.as_ref().expect("norm weights are 1-D"));
+        assert!(
+            d == w.cols && next.is_none_or(|n| n.cols == d) && rows * d <= x.len.min(y.len),
+            "add_rms_norm shapes"
+        );
+        if rows == 0 {
+            return;
+        }
+        ok(self.rec().dispatch(
+            self.dev(),
+            "add_rms_norm_f32",
+            &[
+                x.buffer(),
+                y.buffer(),
+                wv.buffer(),
+                wn.unwrap_or(wv).buffer(),
+            ],
+            &[u(rows), u(d), f(eps), next.is_some() as u32],
+            grid(u(rows)),
+        ))
+    }
+
+    fn qk_norm_rope(
+        &self,
+        q: &mut VkBuf,
+        k: &mut VkBuf,
+        q_norm: &VkWeight,
+        k_norm: &VkWeight,
+        n: usize,
+        kv_heads: usize,
+        p: RopeParams,
+        eps: f32,
+    ) {
+        ok(self.try_qk_norm_rope(q, k, q_norm, k_norm, n, kv_heads, p, eps))
+    }
+
+    fn matmul_many(&self, ws: &[&VkWeight], x: &VkBuf, n: usize, outs: &mut [&mut VkBuf]) {
+        ok(self.try_matmul_many(ws, x, n, outs))
+    }
+
+    fn gate_up(
+        &self,
+        gate_w: &VkWeight,
+        up_w: &VkWeight,
+        x: &VkBuf,
+        n: usize,
+        inter: usize,
+        gate: &mut VkBuf,
+        up: &mut VkBuf,
+    ) {
+        ok(self.try_gate_up(gate_w, up_w, x, n, inter, gate, up))
     }
 
     fn matmul(&self, w: &VkWeight, x: &VkBuf, n: usize, out: &mut VkBuf) {

@@ -19,13 +19,15 @@ pub struct Pipeline {
     pub pipeline: vk::Pipeline,
     pub layout: vk::PipelineLayout,
     pub set_layout: vk::DescriptorSetLayout,
-    pub bindings: usize,
+    /// Descriptors per binding (1, or the length of an array of buffers).
+    pub counts: Vec<u32>,
 }
 
 impl Pipeline {
-    /// Builds the pipeline `name` of [`SHADERS`] with `bindings` storage buffers and the
+    /// Builds the pipeline `name` of [`SHADERS`] with one storage-buffer binding per entry of
+    /// `counts` (each an array of that many buffers; 1 for a plain buffer) and the
     /// specialization constants `spec` (constant_id 0, 1, ... in order; u32 each).
-    pub fn new(dev: &Device, name: &str, bindings: usize, spec: &[u32]) -> Result<Pipeline> {
+    pub fn new(dev: &Device, name: &str, counts: &[u32], spec: &[u32]) -> Result<Pipeline> {
         let spv = SHADERS
             .iter()
             .find(|(n, _)| *n == name)
@@ -34,12 +36,12 @@ impl Pipeline {
         let code = ash::util::read_spv(&mut std::io::Cursor::new(spv))
             .with_context(|| format!("shader `{name}`: bad SPIR-V"))?;
         let d = &dev.device;
-        let binds: Vec<_> = (0..bindings as u32)
+        let binds: Vec<_> = (0..counts.len() as u32)
             .map(|b| {
                 vk::DescriptorSetLayoutBinding::default()
                     .binding(b)
                     .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                    .descriptor_count(1)
+                    .descriptor_count(counts[b as usize])
                     .stage_flags(vk::ShaderStageFlags::COMPUTE)
             })
             .collect();
@@ -91,7 +93,7 @@ impl Pipeline {
                 pipeline,
                 layout,
                 set_layout,
-                bindings,
+                counts: counts.to_vec(),
             })
         }
     }
@@ -135,11 +137,11 @@ impl Pipelines {
         dev: &Device,
         name: &'static str,
         spec: &[u32],
-        bindings: usize,
+        counts: &[u32],
     ) -> Result<&Pipeline> {
         let key = (name, spec.to_vec());
         if !self.by_name.contains_key(&key) {
-            let p = Pipeline::new(dev, name, bindings, spec)?;
+            let p = Pipeline::new(dev, name, counts, spec)?;
             self.by_name.insert(key.clone(), p);
         }
         Ok(&self.by_name[&key])
@@ -154,12 +156,27 @@ impl Pipelines {
         spec: &[u32],
         buffers: &[vk::Buffer],
     ) -> Result<(vk::Pipeline, vk::PipelineLayout, vk::DescriptorSet)> {
-        let (pipeline, layout, set_layout, n) = {
-            let p = self.get(dev, name, spec, buffers.len())?;
-            (p.pipeline, p.layout, p.set_layout, p.bindings)
+        let groups: Vec<&[vk::Buffer]> = buffers.iter().map(std::slice::from_ref).collect();
+        self.set_arrays(dev, name, spec, &groups)
+    }
+
+    /// [`Self::set`] for pipelines whose bindings may be arrays of buffers: `bindings[i]`
+    /// fills binding i (its length is the array's size, fixed per pipeline).
+    pub fn set_arrays(
+        &mut self,
+        dev: &Device,
+        name: &'static str,
+        spec: &[u32],
+        bindings: &[&[vk::Buffer]],
+    ) -> Result<(vk::Pipeline, vk::PipelineLayout, vk::DescriptorSet)> {
+        let counts: Vec<u32> = bindings.iter().map(|b| b.len() as u32).collect();
+        let (pipeline, layout, set_layout) = {
+            let p = self.get(dev, name, spec, &counts)?;
+            assert_eq!(p.counts, counts, "pipeline `{name}` binds {:?}", p.counts);
+            (p.pipeline, p.layout, p.set_layout)
         };
-        assert_eq!(n, buffers.len(), "pipeline `{name}` binds {n} buffers");
-        let key = (pipeline, buffers.to_vec());
+        let buffers: Vec<vk::Buffer> = bindings.iter().flat_map(|b| b.iter().copied()).collect();
+        let key = (pipeline, buffers.clone());
         if let Some(&s) = self.sets.get(&key) {
             return Ok((pipeline, layout, s));
         }
@@ -196,13 +213,17 @@ impl Pipelines {
                 );
             }
             let set = set.unwrap()[0];
-            let infos: Vec<[vk::DescriptorBufferInfo; 1]> = buffers
+            let infos: Vec<Vec<vk::DescriptorBufferInfo>> = bindings
                 .iter()
-                .map(|&b| {
-                    [vk::DescriptorBufferInfo::default()
-                        .buffer(b)
-                        .offset(0)
-                        .range(vk::WHOLE_SIZE)]
+                .map(|bs| {
+                    bs.iter()
+                        .map(|&b| {
+                            vk::DescriptorBufferInfo::default()
+                                .buffer(b)
+                                .offset(0)
+                                .range(vk::WHOLE_SIZE)
+                        })
+                        .collect()
                 })
                 .collect();
             let writes: Vec<_> = infos
