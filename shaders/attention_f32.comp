@@ -30,9 +30,9 @@ layout(push_constant) uniform Params {
 } p;
 
 layout(set = 0, binding = 0) readonly buffer Q { float q[]; };
-layout(set = 0, binding = 1) readonly buffer K { float k[]; };
+layout(set = 0, binding = 1) readonly buffer K4 { vec4 k4[]; };
 layout(set = 0, binding = 2) readonly buffer V { float v[]; };
-layout(set = 0, binding = 3) readonly buffer KC { float kc[]; };
+layout(set = 0, binding = 3) readonly buffer KC4 { vec4 kc4[]; };
 layout(set = 0, binding = 4) readonly buffer VC { float vc[]; };
 layout(set = 0, binding = 5) writeonly buffer O { float o[]; };
 // (n * heads * splits) records of head_dim + 2 floats: m, l, acc[head_dim]. Unused (bound to
@@ -40,7 +40,7 @@ layout(set = 0, binding = 5) writeonly buffer O { float o[]; };
 layout(set = 0, binding = 6) writeonly buffer Part { float part[]; };
 
 const uint MAX_DIMS = 8u; // head_dim <= 512
-shared float qs[512];
+shared vec4 qs4[128];
 shared float sc[64];
 
 // Start of the kv_dim-wide row holding position `pos` (in the cache or the batch).
@@ -68,8 +68,9 @@ void main() {
     uint lo = first + split * p.chunk;          // this split's keys: lo ..= hi
     uint hi = min(pos, lo + p.chunk - 1u);
 
-    for (uint i = tid; i < d; i += 64u) {
-        qs[i] = q[(t * p.heads + h) * d + i];
+    for (uint i = tid; i < d / 4u; i += 64u) {
+        uint b = (t * p.heads + h) * d + 4u * i;
+        qs4[i] = vec4(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
     }
     barrier();
 
@@ -85,12 +86,27 @@ void main() {
         if (kp <= hi) {
             bool cached;
             uint r = kv_row(kp, kv_dim, cached) + kvh * d;
-            float dotv = 0.0;
+            // q·k with 16-byte loads, four independent in flight (head_dim % 16 == 0): a
+            // serial chain of scalar loads made this phase latency-bound.
+            uint r4 = r / 4u;
+            vec4 a0 = vec4(0.0), a1 = vec4(0.0), a2 = vec4(0.0), a3 = vec4(0.0);
             if (cached) {
-                for (uint i = 0u; i < d; i++) dotv += qs[i] * kc[r + i];
+                for (uint i = 0u; i < d / 4u; i += 4u) {
+                    a0 += qs4[i] * kc4[r4 + i];
+                    a1 += qs4[i + 1u] * kc4[r4 + i + 1u];
+                    a2 += qs4[i + 2u] * kc4[r4 + i + 2u];
+                    a3 += qs4[i + 3u] * kc4[r4 + i + 3u];
+                }
             } else {
-                for (uint i = 0u; i < d; i++) dotv += qs[i] * k[r + i];
+                for (uint i = 0u; i < d / 4u; i += 4u) {
+                    a0 += qs4[i] * k4[r4 + i];
+                    a1 += qs4[i + 1u] * k4[r4 + i + 1u];
+                    a2 += qs4[i + 2u] * k4[r4 + i + 2u];
+                    a3 += qs4[i + 3u] * k4[r4 + i + 3u];
+                }
             }
+            vec4 a = (a0 + a1) + (a2 + a3);
+            float dotv = (a.x + a.y) + (a.z + a.w);
             s = dotv * p.scale;
             if (p.softcap > 0.0) {
                 s = tanh(s / p.softcap) * p.softcap;
@@ -108,7 +124,29 @@ void main() {
         for (uint i = 0u; i < MAX_DIMS; i++) {
             acc[i] *= corr;
         }
-        for (uint j = 0u; j < count; j++) {
+        // Keys 8 at a time: eight independent V loads in flight per output dimension.
+        uint j = 0u;
+        for (; j + 8u <= count; j += 8u) {
+            float e[8];
+            uint r[8];
+            bool cached[8];
+            for (uint u = 0u; u < 8u; u++) {
+                e[u] = exp(sc[j + u] - bm);
+                l += e[u];
+                r[u] = kv_row(kb + j + u, kv_dim, cached[u]) + kvh * d;
+            }
+            for (uint i = 0u; i < MAX_DIMS; i++) {
+                uint dim = tid + 64u * i;
+                if (dim < d) {
+                    float s8 = 0.0;
+                    for (uint u = 0u; u < 8u; u++) {
+                        s8 += e[u] * (cached[u] ? vc[r[u] + dim] : v[r[u] + dim]);
+                    }
+                    acc[i] += s8;
+                }
+            }
+        }
+        for (; j < count; j++) {
             float e = exp(sc[j] - bm);
             l += e;
             bool cached;

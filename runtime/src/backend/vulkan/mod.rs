@@ -913,7 +913,10 @@ impl VulkanBackend {
             kv.len, p.pos0,
             "attention batch must start where the cache ends"
         );
-        assert!(d <= 512 && p.heads % p.kv_heads == 0, "attention shapes");
+        assert!(
+            d <= 512 && d % 16 == 0 && p.heads % p.kv_heads == 0,
+            "attention shapes (head_dim <= 512, a multiple of 16)"
+        );
         let end = p.pos0 + p.n;
         // A linear (global) cache grows by doubling; the copy is recorded in order.
         if kv.window.is_none() && end > kv.cap {
