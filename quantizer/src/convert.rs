@@ -29,7 +29,9 @@ use crate::gptq::{gptq, output_error, GptqOptions};
 use crate::recipe::{self, Method, Recipe, TensorChoice};
 use crate::report::{self, CalibrationSummary, QualityReport, SizeSummary, TensorQuality};
 use crate::rotate::{rotate_hessian, rotate_weights};
-use crate::search::{dequantize_rows, importance_from_mean_square, quantize_rows};
+use crate::search::{
+    dequantize_rows, importance_from_mean_square, quantize_rows, quantize_rows_minmax_i8,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use mixq_calibration::{CalibSet, Calibrator, Hessian};
@@ -631,8 +633,13 @@ fn quantize_table(
             .enumerate()
             .map(|(j, ob)| -> Result<(f64, f64)> {
                 let src = t.row_f32(r0 + j)?;
-                // no activation statistics for a gather table: search and rtn coincide
-                let q = quantize_rows(c.qtype, &src, 1, cols, None)?;
+                // no activation statistics for a gather table: min/max RTN at 8 bits (fast),
+                // the unweighted search otherwise
+                let q = if c.qtype == QType::I8Asym && c.method != Method::Search {
+                    quantize_rows_minmax_i8(&src, 1, cols)?
+                } else {
+                    quantize_rows(c.qtype, &src, 1, cols, None)?
+                };
                 ob.copy_from_slice(&q);
                 let mut d = vec![0f32; cols];
                 dequantize_row(c.qtype, ob, &mut d)?;

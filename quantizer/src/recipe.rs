@@ -7,11 +7,18 @@
 //! recorded in the file before anything is quantized.
 //!
 //! Built-in recipes:
-//! - `optimal` (default, the seed's recipe): embedding I8_ASYM; q/k/v I4_GROUPED; o
+//! - `optimal` (default, the seed's recipe): embedding I8_ASYM (min/max round-to-nearest); q/k/v I4_GROUPED; o
 //!   I4_PER_CHANNEL; gate/up I2_STRUCTURED with a 128-block Hadamard rotation; down
-//!   I4_GROUPED; norms I8_SYM; an untied lm_head I8_ASYM (Gemma 3 ties it: stored once).
-//! - `int8`: every linear I8_ASYM (embedding I8_ASYM, norms I8_SYM).
-//! - `int4`: every linear I4_GROUPED, embedding I8_ASYM, norms I8_SYM.
+//!   I4_GROUPED; norms F32; an untied lm_head I8_ASYM (Gemma 3 ties it: stored once).
+//! - `int8`: every linear I8_ASYM (embedding I8_ASYM, norms F32).
+//! - `int4`: every linear I4_GROUPED, embedding I8_ASYM, norms F32.
+//!
+//! **Norms are stored exactly (F32), not I8_SYM as the seed says.** Gemma 3 scales by
+//! `(1 + w)` and its norm weights span -1 .. 584 within one tensor (270M, layer 3
+//! `post_feedforward_layernorm`): a 32-element I8_SYM group holding a 584 has a step of 4.6,
+//! so a channel with `w = -0.99` (gain 0.01) comes back with gain 0 or 4.6. Measured: the
+//! `int8` recipe with I8_SYM norms keeps 55 % of the perplexity (1024 eval tokens); see
+//! quantizer/README.md. The norms are 0.02 % of the parameters (about 0.2 MB at 270M).
 //!
 //! A TOML file (any path ending in `.toml`):
 //!
@@ -122,6 +129,10 @@ impl Rule {
             hadamard: None,
         }
     }
+    fn with_method(mut self, m: Method) -> Rule {
+        self.method = Some(m.name().into());
+        self
+    }
     fn rotated(mut self, block: u32) -> Rule {
         self.hadamard = Some(block);
         self
@@ -186,9 +197,9 @@ impl Recipe {
         const HEAD: &str = "lm_head.weight";
         let rules = match name {
             "optimal" => vec![
-                Rule::new(EMBED, "i8_asym"),
-                Rule::new(HEAD, "i8_asym"),
-                Rule::new(NORMS, "i8_sym"),
+                Rule::new(EMBED, "i8_asym").with_method(Method::Rtn),
+                Rule::new(HEAD, "i8_asym").with_method(Method::Rtn),
+                Rule::new(NORMS, "f32"),
                 Rule::new("*.self_attn.q_proj.weight", "i4_grouped"),
                 Rule::new("*.self_attn.k_proj.weight", "i4_grouped"),
                 Rule::new("*.self_attn.v_proj.weight", "i4_grouped"),
@@ -197,12 +208,12 @@ impl Recipe {
                 Rule::new("*.mlp.up_proj.weight", "i2_structured").rotated(128),
                 Rule::new("*.mlp.down_proj.weight", "i4_grouped"),
             ],
-            "int8" => vec![Rule::new("*.weight", "i8_asym"), Rule::new(NORMS, "i8_sym")],
+            "int8" => vec![Rule::new("*.weight", "i8_asym"), Rule::new(NORMS, "f32")],
             "int4" => vec![
                 Rule::new("*.weight", "i4_grouped"),
-                Rule::new(EMBED, "i8_asym"),
-                Rule::new(HEAD, "i8_asym"),
-                Rule::new(NORMS, "i8_sym"),
+                Rule::new(EMBED, "i8_asym").with_method(Method::Rtn),
+                Rule::new(HEAD, "i8_asym").with_method(Method::Rtn),
+                Rule::new(NORMS, "f32"),
             ],
             _ => return None,
         };
@@ -293,11 +304,14 @@ impl Recipe {
                 );
             }
             let mut method = method.unwrap_or_else(|| default_method(qtype));
-            if let Some((_, m)) = method_override.iter().find(|(q, _)| *q == qtype) {
-                method = *m;
-            }
-            // Tensors without calibration statistics (embedding, norms, lm_head) cannot use GPTQ.
+            // Tensors without calibration statistics (embedding, norms, lm_head) cannot use
+            // GPTQ; overrides apply to the decoder layers' linear layers only.
             let linear = layer_of(name).is_some() && shape.len() == 2;
+            if let Some((_, m)) = method_override.iter().find(|(q, _)| *q == qtype) {
+                if linear {
+                    method = *m;
+                }
+            }
             if !linear && method == Method::Gptq {
                 method = Method::Search;
             }
@@ -469,7 +483,7 @@ mod tests {
             .unwrap();
         let of = |n: &str| plan.iter().find(|p| p.name == n).unwrap();
         assert_eq!(of("model.embed_tokens.weight").qtype, QType::I8Asym);
-        assert_eq!(of("model.embed_tokens.weight").method, Method::Search);
+        assert_eq!(of("model.embed_tokens.weight").method, Method::Rtn);
         assert_eq!(
             of("model.layers.0.self_attn.q_proj.weight").qtype,
             QType::I4Grouped
@@ -491,15 +505,15 @@ mod tests {
         );
         assert_eq!(
             of("model.layers.5.input_layernorm.weight").qtype,
-            QType::I8Sym
+            QType::F32
         );
-        assert_eq!(of("model.norm.weight").qtype, QType::I8Sym);
+        assert_eq!(of("model.norm.weight").qtype, QType::F32);
         // tied lm_head: not a tensor of its own
         assert!(plan.iter().all(|p| p.name != "lm_head.weight"));
         let int8 = Recipe::load("int8").unwrap().resolve(&c, &t, &[]).unwrap();
         assert!(int8
             .iter()
-            .all(|p| matches!(p.qtype, QType::I8Asym | QType::I8Sym)));
+            .all(|p| matches!(p.qtype, QType::I8Asym | QType::F32)));
     }
 
     #[test]

@@ -1,0 +1,114 @@
+//! End to end: `convert` the real Gemma 3 270M with a small calibration budget, open the file
+//! with the runtime, and check that greedy generation still knows the capital of France.
+//! Bad inputs fail with clear errors and leave no output file behind.
+
+use mixq_e2e::{model_dir, workspace};
+use mixq_format::tokenizer::Tokenizer;
+use mixq_quantizer::convert::{convert, ConvertArgs};
+use mixq_runtime::backend::cpu::CpuBackend;
+use mixq_runtime::weights::{MixqStore, WeightStore};
+use mixq_runtime::{Gemma3, Logits};
+use std::path::{Path, PathBuf};
+
+fn args(out: &Path, recipe: &str) -> ConvertArgs {
+    ConvertArgs {
+        checkpoint: model_dir(),
+        output: out.to_path_buf(),
+        recipe: recipe.into(),
+        profile: "phoenix".into(),
+        calib: Some(workspace().join("models/data/calib.txt")),
+        calib_tokens: 256,
+        calib_seq_len: 256,
+        eval: None,
+        eval_tokens: 64,
+        no_eval: true,
+        methods: vec![],
+        damp: 0.01,
+        threads: None,
+        quiet: true,
+    }
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mixq-convert-real-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn greedy(path: &Path, prompt: &str, n: usize) -> String {
+    let store = MixqStore::open(path).unwrap();
+    let tok = Tokenizer::from_bytes(&store.tokenizer_json().unwrap()).unwrap();
+    let model = Gemma3::load(&store, CpuBackend::new(None).unwrap()).unwrap();
+    let mut s = model.new_session();
+    let mut ids = tok.encode(prompt, true).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let logits = model.forward(&mut s, &ids, Logits::Last, |_, _| {}).unwrap();
+        let next = (0..logits.len())
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+            .unwrap() as u32;
+        out.push(next);
+        ids = vec![next];
+    }
+    tok.decode(&out).unwrap()
+}
+
+#[test]
+fn int8_and_int4_conversions_keep_paris() {
+    let dir = tmpdir("ok");
+    for recipe in ["int8", "int4"] {
+        let out = dir.join(format!("{recipe}.mixq"));
+        let report = convert(&args(&out, recipe)).unwrap();
+        assert!(out.is_file());
+        assert!(!dir.join(format!("{recipe}.mixq.tmp")).exists());
+        assert_eq!(report.recipe, recipe);
+        assert_eq!(report.calibration.tokens, 256);
+        assert!(report.tensors.iter().all(|t| t.rel_rmse < 0.5), "{recipe}");
+        let text = greedy(&out, "The capital of France is", 6);
+        assert!(
+            text.contains("Paris") || text.contains("France"),
+            "{recipe}: greedy continuation {text:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_inputs_fail_clearly_and_leave_nothing() {
+    let dir = tmpdir("bad");
+    let out = dir.join("x.mixq");
+    let err = |a: ConvertArgs| format!("{:#}", convert(&a).unwrap_err());
+
+    let e = err(args(&out, "int3"));
+    assert!(e.contains("optimal, int8, int4"), "{e}");
+
+    let mut a = args(&out, "int8");
+    a.checkpoint = dir.join("no-such-model");
+    assert!(err(a).contains("not a checkpoint directory"));
+
+    let mut a = args(&out, "int8");
+    a.calib = Some(dir.join("missing.txt"));
+    assert!(err(a).contains("calibration text"));
+
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "Too short.").unwrap();
+    let mut a = args(&out, "int8");
+    a.calib = Some(short);
+    assert!(err(a).contains("too short"));
+
+    let mut a = args(&out, "int8");
+    a.no_eval = false;
+    a.eval = a.calib.clone();
+    assert!(err(a).contains("never saw"));
+
+    let mut a = args(&dir.join("no/such/dir/x.mixq"), "int8");
+    a.calib_tokens = 64;
+    assert!(err(a).contains("does not exist"));
+
+    let mut a = args(&out, "optimal");
+    a.profile = "tpu".into();
+    assert!(err(a).contains("phoenix, gpu, cpu"));
+
+    assert!(!out.exists() && !dir.join("x.mixq.tmp").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
