@@ -20,6 +20,9 @@ pub struct Tokenizer {
     /// Where it came from, for error messages.
     source: PathBuf,
     bos_id: Option<u32>,
+    /// Ids including added tokens. Computed once: `tokenizers` builds the whole 262k-entry
+    /// vocabulary map on every `get_vocab_size(true)` call (~0.3 s), and `decode` checks it.
+    vocab_size: usize,
 }
 
 impl Tokenizer {
@@ -41,10 +44,12 @@ impl Tokenizer {
                 problem: format!("cannot parse tokenizer.json: {e}"),
             })?;
         let bos_id = inner.token_to_id("<bos>");
+        let vocab_size = inner.get_vocab_size(true);
         Ok(Tokenizer {
             inner,
             source: source.to_path_buf(),
             bos_id,
+            vocab_size,
         })
     }
 
@@ -108,7 +113,7 @@ impl Tokenizer {
 
     /// Number of ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn bos_id(&self) -> Option<u32> {
