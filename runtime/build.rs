@@ -31,8 +31,21 @@ const WEIGHT_OPS: [(&str, &str, &str); 5] = [
     ("embed", "embed.comp", ""),
 ];
 
+/// Decode ops on int8 activations (matvec.comp with Q8X; `{op}_{w}_q8`), for the integer
+/// weight formats only: x is quantized once per input by quantize_x_f32.
+const Q8_OPS: [(&str, &str); 3] = [("matvec", ""), ("matvec3", "FUSE_QKV"), ("matvec_gelu", "FUSE_GELU")];
+const Q8_FORMATS: [(&str, &str); 5] = [
+    ("i8sym", "W_I8_SYM"),
+    ("i8asym", "W_I8_ASYM"),
+    ("i4grouped", "W_I4_GROUPED"),
+    ("i4perchannel", "W_I4_PER_CHANNEL"),
+    ("i2structured", "W_I2_STRUCTURED"),
+];
+
 /// Ops on f32 activations only.
-const F32_OPS: [&str; 10] = [
+const F32_OPS: [&str; 12] = [
+    "quantize_x_f32",
+    "copy_f32",
     "add_rms_norm_f32",
     "norm_rope_f32",
     "attention_combine_f32",
@@ -59,6 +72,15 @@ fn main() {
                 defines.push(extra.to_string());
             }
             jobs.push((format!("{op}_{w}_f32"), src.to_string(), defines));
+        }
+    }
+    for (op, extra) in Q8_OPS {
+        for (w, define) in Q8_FORMATS {
+            let mut defines = vec![define.to_string(), "Q8X".to_string()];
+            if !extra.is_empty() {
+                defines.push(extra.to_string());
+            }
+            jobs.push((format!("{op}_{w}_q8"), "matvec.comp".to_string(), defines));
         }
     }
     for op in F32_OPS {

@@ -55,8 +55,16 @@ uint SEG = 0u;
 layout(set = 0, binding = 0) readonly buffer W { uint w[]; };
 layout(set = 0, binding = 0) readonly buffer W4 { uvec4 w4[]; };
 #endif
+#ifdef Q8X
+// Q8X (`*_{w}_q8`): x as written by quantize_x_f32.comp (codes, scales, sums; weights.glsl).
+layout(set = 0, binding = 1) readonly buffer XQ { uint xq[]; };
+layout(set = 0, binding = 1) readonly buffer XQ4 { uvec4 xq4[]; };
+// (the f32 granule functions of weights.glsl are compiled but unused)
+layout(set = 0, binding = 1) readonly buffer X4 { vec4 x4[]; };
+#else
 layout(set = 0, binding = 1) readonly buffer X { float x[]; };
 layout(set = 0, binding = 1) readonly buffer X4 { vec4 x4[]; };
+#endif
 #ifdef FUSE_QKV
 layout(set = 0, binding = 2) writeonly buffer O { float o[]; } outs[3];
 #else
@@ -101,7 +109,11 @@ void main() {
     float accu[4] = float[4](0.0, 0.0, 0.0, 0.0);
 #endif
     for (uint g = t; g < granules; g += wg_size) {
+#ifdef Q8X
+        XG xv;
+#else
         vec4 xv[EPG / 4u];
+#endif
         granule_x(g, xv);
         for (uint r = 0u; r < ROWS; r++) {
             if (r < nr) {
@@ -116,6 +128,7 @@ void main() {
             }
         }
     }
+#ifndef Q8X
     // The tail of float rows (cols not a multiple of EPG), one element per invocation.
     for (uint k = granules * EPG + t; k < p.cols; k += wg_size) {
         for (uint r = 0u; r < ROWS; r++) {
@@ -131,6 +144,7 @@ void main() {
             }
         }
     }
+#endif
     for (uint r = 0u; r < ROWS; r++) {
         float s = subgroupAdd(acc[r]);
 #ifdef FUSE_GELU

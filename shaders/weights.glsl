@@ -52,6 +52,31 @@ vec4 u8x4(uint c) {
     return vec4(c & 0xffu, (c >> 8u) & 0xffu, (c >> 16u) & 0xffu, c >> 24u);
 }
 
+
+#if defined(WEIGHTS_GRANULES) && defined(Q8X)
+// Int8 activations (matvec*_{w}_q8, quantize_x_f32.comp): x arrives as signed bytes per group
+// of 32 with an f32 scale (XD) and f32 sums per 16 elements (XS); integer dot products of 4
+// bytes (OpSDotKHR / OpSUDotKHR through GL_EXT_spirv_intrinsics: Debian's glslc lacks
+// GL_EXT_integer_dot_product; DP4A on NVIDIA) replace the per-element int->float conversions
+// that made the f32 path ALU-bound.
+#extension GL_EXT_spirv_intrinsics : require
+spirv_instruction(extensions = ["SPV_KHR_integer_dot_product"], capabilities = [6019, 6018], id = 4450)
+int sdot4_(uint a, uint b, spirv_literal int fmt);
+spirv_instruction(extensions = ["SPV_KHR_integer_dot_product"], capabilities = [6019, 6018], id = 4452)
+int sudot4_(uint a, uint b, spirv_literal int fmt);
+// signed bytes of a . signed bytes of b
+#define SDOT(a, b) sdot4_(a, b, 0)
+// signed bytes of a . unsigned bytes of b
+#define SUDOT(a, b) sudot4_(a, b, 0)
+#define XD(i) uintBitsToFloat(xq[p.cols / 4u + (i)])
+#define XS(i) uintBitsToFloat(xq[p.cols / 4u + p.cols / 32u + (i)])
+// Exact int -> float for |v| < 2^22 without a conversion instruction (quarter rate or less on
+// NVIDIA): an integer add and a float subtract.
+float i2f(int v) {
+    return uintBitsToFloat(uint(v + 0x4B400000)) - 12582912.0;
+}
+#endif
+
 #if defined(W_F32)
 const uint EPG = 4u;
 float w_elem(uint rb, uint k) {
@@ -113,6 +138,18 @@ float granule_dot(uint rb, uint g, vec4 xv[4]) {
             + dot(i8x4(c.z), xv[2]) + dot(i8x4(c.w), xv[3]);
     return half_at(rb + 2u * (g / 2u)) * s;
 }
+#ifdef Q8X
+struct XG { uvec4 q; float d; };
+void granule_x(uint g, out XG xg) {
+    xg.q = xq4[g];
+    xg.d = XD(g / 2u);
+}
+float granule_dot(uint rb, uint g, XG xg) {
+    uvec4 c = WG(((rb + p.codes_at) >> 4u) + g);
+    int s = SDOT(xg.q.x, c.x) + SDOT(xg.q.y, c.y) + SDOT(xg.q.z, c.z) + SDOT(xg.q.w, c.w);
+    return half_at(rb + 2u * (g / 2u)) * xg.d * i2f(s);
+}
+#endif
 #endif
 
 #elif defined(W_I8_ASYM)
@@ -134,6 +171,20 @@ float granule_dot(uint rb, uint g, vec4 xv[4]) {
     vec4 xs = xv[0] + xv[1] + xv[2] + xv[3];
     return sm.x * s + sm.y * (xs.x + xs.y + xs.z + xs.w);
 }
+#ifdef Q8X
+struct XG { uvec4 q; float d; float s; };
+void granule_x(uint g, out XG xg) {
+    xg.q = xq4[g];
+    xg.d = XD(g / 2u);
+    xg.s = XS(g);
+}
+float granule_dot(uint rb, uint g, XG xg) {
+    uvec4 c = WG(((rb + p.codes_at) >> 4u) + g);
+    vec2 sm = unpackHalf2x16(WU((rb >> 2u) + g / 4u));
+    int s = SUDOT(xg.q.x, c.x) + SUDOT(xg.q.y, c.y) + SUDOT(xg.q.z, c.z) + SUDOT(xg.q.w, c.w);
+    return sm.x * xg.d * i2f(s) + sm.y * xg.s;
+}
+#endif
 #endif
 
 #elif defined(W_I4_GROUPED) || defined(W_I4_PER_CHANNEL)
@@ -178,6 +229,28 @@ float granule_dot(uint rb, uint g, vec4 xv[8]) {
     }
     return sm.x * s + sm.y * (xs.x + xs.y + xs.z + xs.w);
 }
+#ifdef Q8X
+// lo: the low nibbles' 16 x values (group 2c of 32), hi: the high nibbles' (group 2c + 1);
+// s: the sum of all 32.
+struct XG { uvec4 lo; uvec4 hi; vec2 d; float s; };
+void granule_x(uint g, out XG xg) {
+    uint c = g / 2u, h = g % 2u;
+    xg.lo = xq4[4u * c + h];
+    xg.hi = xq4[4u * c + 2u + h];
+    xg.d = vec2(XD(2u * c), XD(2u * c + 1u));
+    xg.s = XS(4u * c + h) + XS(4u * c + 2u + h);
+}
+float granule_dot(uint rb, uint g, XG xg) {
+    uvec4 c = WG(((rb + p.codes_at) >> 4u) + g);
+    vec2 sm = params_of(rb, g / 2u);
+    const uint m = 0x0f0f0f0fu;
+    int il = SUDOT(xg.lo.x, c.x & m) + SUDOT(xg.lo.y, c.y & m)
+           + SUDOT(xg.lo.z, c.z & m) + SUDOT(xg.lo.w, c.w & m);
+    int ih = SUDOT(xg.hi.x, (c.x >> 4u) & m) + SUDOT(xg.hi.y, (c.y >> 4u) & m)
+           + SUDOT(xg.hi.z, (c.z >> 4u) & m) + SUDOT(xg.hi.w, (c.w >> 4u) & m);
+    return sm.x * (xg.d.x * i2f(il) + xg.d.y * i2f(ih)) + sm.y * xg.s;
+}
+#endif
 #endif
 
 #elif defined(W_I2_STRUCTURED)
@@ -228,6 +301,39 @@ float granule_dot(uint rb, uint g, vec4 xv[16]) {
     }
     return acc;
 }
+#ifdef Q8X
+// Bit pair s of the granule: x group 4c + s (16 of its 32 values: half h), sums 8c + 2s + h.
+struct XG { uvec4 q[4]; vec4 d; vec4 s; };
+void granule_x(uint g, out XG xg) {
+    uint c = g / 2u, h = g % 2u;
+    for (uint s = 0u; s < 4u; s++) {
+        xg.q[s] = xq4[8u * c + 2u * s + h];
+        xg.d[s] = XD(4u * c + s);
+        xg.s[s] = XS(8u * c + 2u * s + h);
+    }
+}
+float granule_dot(uint rb, uint g, XG xg) {
+    uvec4 c = WG(((rb + p.codes_at) >> 4u) + g);
+    uint sb = g / 2u, h = g % 2u;
+    uint pw = (rb + 12u * sb) >> 2u;
+    vec2 dd = unpackHalf2x16(WU(pw));
+    // (sc | m << 4) of sub-group 2s + h: byte h (s = 0) and 2 + h (s = 1) of word 1, the same
+    // of word 2 for s = 2, 3.
+    uint sa = WU(pw + 1u) >> (8u * h), sz = WU(pw + 2u) >> (8u * h);
+    float ad = 0.0, am = 0.0;
+    const uint m = 0x03030303u;
+    for (uint s = 0u; s < 4u; s++) {
+        uint sh = 2u * s;
+        int is = SUDOT(xg.q[s].x, (c.x >> sh) & m) + SUDOT(xg.q[s].y, (c.y >> sh) & m)
+               + SUDOT(xg.q[s].z, (c.z >> sh) & m) + SUDOT(xg.q[s].w, (c.w >> sh) & m);
+        uint scm = ((s < 2u ? sa : sz) >> (16u * (s & 1u))) & 0xffu;
+        // |is| <= 16 * 3 * 127, sc <= 15: exact through i2f.
+        ad += xg.d[s] * i2f(is * int(scm & 15u));
+        am += xg.s[s] * i2f(int(scm >> 4u));
+    }
+    return dd.x * ad - dd.y * am;
+}
+#endif
 #endif
 
 #else

@@ -14,6 +14,14 @@
 //!   ~1e-14; 1e-10 leaves 4 orders of margin while any indexing or decode bug gives nmse ~1.
 //! - Exact equality for data movement (embed, copy, KV stores via attention decode) and
 //!   for top_k (indices and values).
+//! - NMSE_Q8 = 1e-4 for decode matvecs of integer formats on int8 activations (the Vulkan
+//!   default where the device has integer dot products; `vk()` turns it off so that the
+//!   NMSE_F32 tests above check the f32 kernels, and `*_int8_activations` tests check it):
+//!   x is rounded to 8 bits per group of 32 (step max|x|/127, error uniform in +-step/2), so
+//!   each product carries a relative error of ~1/(127 sqrt 12) of the group's largest |x|:
+//!   nmse ~1e-5 on random data (measured 2e-6 to 3e-5 on lavapipe), while a decode bug gives
+//!   ~1. gate_up on int8 activations: 3 x NMSE_Q8, since gelu(gate) * up carries the errors of
+//!   two products (measured 3.5e-5 to 1.1e-4).
 //! - NMSE_ELEM = 1e-12 for element-wise ops (add, gelu_mul, rope): one to a few roundings per
 //!   element; GPU tanh/fma may differ by an ulp.
 
@@ -26,8 +34,17 @@ use mixq_runtime::weights::WeightSource;
 
 const NMSE_F32: f64 = 1e-10;
 const NMSE_ELEM: f64 = 1e-12;
+const NMSE_Q8: f64 = 1e-4;
 
+/// The f32-activation kernels (int8 activations off): results match the CPU's exact mode.
 fn vk() -> VulkanBackend {
+    let v = vk_default();
+    v.set_int8_activations(false);
+    v
+}
+
+/// The backend as the CLI gets it (int8 decode activations where supported).
+fn vk_default() -> VulkanBackend {
     VulkanBackend::new(None).unwrap_or_else(|e| {
         panic!(
             "no usable Vulkan device ({e:#}). The Vulkan tests need one: `make setup` installs \
@@ -496,7 +513,58 @@ fn copy_bandwidth_weight_bytes_and_op_times() {
 /// triple of mixed formats (not fusable: three matvecs).
 #[test]
 fn fused_qkv_and_gate_up() {
-    let (c, v) = (cpu(), vk());
+    fused_cases(&vk(), false);
+}
+
+fn is_int(q: QType) -> bool {
+    !matches!(q, QType::F32 | QType::F16 | QType::BF16)
+}
+
+/// The fused decode ops on int8 activations (matvec3 / matvec_gelu `_q8`: one quantize_x_f32
+/// dispatch more, shared by the fused weights).
+#[test]
+fn fused_qkv_and_gate_up_int8_activations() {
+    let v = vk_default();
+    assert!(v.int8_activations(), "lavapipe has shaderIntegerDotProduct");
+    fused_cases(&v, true);
+}
+
+/// Decode matvec of every integer format on int8 activations, at the shapes of
+/// matvec_workgroup_shapes (1/2/4 rows per workgroup, 64/128 invocations) and with several
+/// binding chunks' worth of rows sharing one quantized input.
+#[test]
+fn matvec_int8_activations() {
+    let (c, v) = (cpu(), vk_default());
+    assert!(v.int8_activations());
+    for q in QType::ALL.into_iter().filter(|&q| is_int(q)) {
+        for (rows, cols) in [(70, 256), (2051, 128), (515, 1536), (300, 6144)] {
+            let w = weight(q, rows, cols, q as u64 + rows as u64);
+            let (cw, vw) = (c.load_weight(&w).unwrap(), v.load_weight(&w).unwrap());
+            // Large and small magnitudes mixed: per-group scales must follow them.
+            let x: Vec<f32> = rand_vec(cols, 77)
+                .iter()
+                .enumerate()
+                .map(|(i, a)| a * if (i / 32) % 3 == 0 { 50.0 } else { 0.1 })
+                .collect();
+            let (cx, vx) = bufs(&c, &v, &x);
+            let (mut co, mut vo) = (c.alloc(rows), v.alloc(rows));
+            let (_, d0, _) = v.counters();
+            c.matmul(&cw, &cx, 1, &mut co);
+            v.matmul(&vw, &vx, 1, &mut vo);
+            let (_, d1, _) = v.counters();
+            assert_eq!(d1 - d0, 2, "{}: quantize + matvec", q.name());
+            check(
+                &format!("q8 matvec {} {rows}x{cols}", q.name()),
+                &v.download(&vo, rows),
+                &co,
+                NMSE_Q8,
+            );
+        }
+    }
+}
+
+fn fused_cases(v: &VulkanBackend, q8: bool) {
+    let c = cpu();
     let cases: Vec<(QType, usize, Option<(u32, u64)>)> = QType::ALL
         .iter()
         .map(|&q| (q, 256, None))
@@ -549,8 +617,10 @@ fn fused_qkv_and_gate_up() {
                 &mut vo.iter_mut().collect::<Vec<_>>(),
             );
             let (_, d1, _) = v.counters();
+            let q8n = q8 && n == 1 && is_int(q);
+            let tol = if q8n { NMSE_Q8 } else { NMSE_F32 };
             if n == 1 {
-                let want = 1 + rot.is_some() as u64;
+                let want = 1 + rot.is_some() as u64 + q8n as u64;
                 assert_eq!(d1 - d0, want, "{what}: q/k/v in one dispatch");
             }
             for (i, w) in ws.iter().enumerate() {
@@ -558,7 +628,7 @@ fn fused_qkv_and_gate_up() {
                     &format!("matmul_many {what} weight {i}"),
                     &v.download(&vo[i], n * w.rows),
                     &co[i],
-                    NMSE_F32,
+                    tol,
                 );
             }
             let (mut cgo, mut cuo) = (c.alloc(n * 90), c.alloc(n * 90));
@@ -568,14 +638,14 @@ fn fused_qkv_and_gate_up() {
             v.gate_up(&vg, &vu, &vx, n, 90, &mut vgo, &mut vuo);
             let (_, d1, _) = v.counters();
             if n == 1 {
-                let want = 1 + rot.is_some() as u64;
+                let want = 1 + rot.is_some() as u64 + q8n as u64;
                 assert_eq!(d1 - d0, want, "{what}: gate/up/gelu in one dispatch");
             }
             check(
                 &format!("gate_up {what}"),
                 &v.download(&vgo, n * 90),
                 &cgo,
-                NMSE_F32,
+                if q8n { 3.0 * NMSE_Q8 } else { NMSE_F32 },
             );
         }
     }
@@ -608,7 +678,7 @@ fn fused_qkv_and_gate_up() {
             &format!("matmul_many mixed weight {i}"),
             &v.download(&vo[i], w.rows),
             &co[i],
-            NMSE_F32,
+            if q8 { NMSE_Q8 } else { NMSE_F32 },
         );
     }
 }

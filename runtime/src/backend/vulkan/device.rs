@@ -207,6 +207,9 @@ pub struct Device {
     /// `shaderStorageBufferArrayDynamicIndexing` is enabled: shaders may index arrays of
     /// storage buffers with a workgroup-uniform value (the fused q/k/v matvec does).
     pub buffer_array_indexing: bool,
+    /// `shaderIntegerDotProduct` (Vulkan 1.3 / VK_KHR_shader_integer_dot_product) is enabled:
+    /// the int8-activation decode kernels (`matvec*_{w}_q8`, shaders/README.md) may run.
+    pub int_dot: bool,
 }
 
 impl Device {
@@ -269,10 +272,33 @@ impl Device {
                 supported.shader_storage_buffer_array_dynamic_indexing == vk::TRUE;
             let features = vk::PhysicalDeviceFeatures::default()
                 .shader_storage_buffer_array_dynamic_indexing(buffer_array_indexing);
-            let create = vk::DeviceCreateInfo::default()
+            // Integer dot products (OpSDotKHR / OpSUDotKHR, DP4A on NVIDIA): core in 1.3,
+            // else the KHR extension.
+            let dev_exts = device_extensions(ii, pd);
+            let dot_ext = c"VK_KHR_shader_integer_dot_product";
+            let dot_core = info.api_version >= (1, 3, 0);
+            let dot_avail = dot_core || dev_exts.iter().any(|e| e.as_c_str() == dot_ext);
+            let mut int_dot = false;
+            if dot_avail {
+                let mut fd = vk::PhysicalDeviceShaderIntegerDotProductFeatures::default();
+                let mut f2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut fd);
+                ii.get_physical_device_features2(pd, &mut f2);
+                int_dot = fd.shader_integer_dot_product == vk::TRUE
+                    && std::env::var_os("MIXQ_VK_F32_ACT").is_none();
+            }
+            if int_dot && !dot_core {
+                exts.push(dot_ext.as_ptr());
+            }
+            let mut dot_feat =
+                vk::PhysicalDeviceShaderIntegerDotProductFeatures::default()
+                    .shader_integer_dot_product(true);
+            let mut create = vk::DeviceCreateInfo::default()
                 .queue_create_infos(&qinfo)
                 .enabled_extension_names(&exts)
                 .enabled_features(&features);
+            if int_dot {
+                create = create.push_next(&mut dot_feat);
+            }
             let device = ii
                 .create_device(pd, &create, None)
                 .with_context(|| format!("vkCreateDevice on {}", info.name))?;
@@ -289,6 +315,7 @@ impl Device {
                 pd,
                 timestamp_bits,
                 buffer_array_indexing,
+                int_dot,
                 host_import: info.external_memory_host,
                 min_import_alignment: host_props.min_imported_host_pointer_alignment.max(1),
                 info,

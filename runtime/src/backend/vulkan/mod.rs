@@ -39,6 +39,9 @@ pub(crate) struct Shared {
     rec: Mutex<Recorder>,
     /// Largest byte range one storage-buffer binding may cover.
     max_binding: u64,
+    /// Decode matvecs of integer formats run on int8 activations (`*_{w}_q8`); on by default
+    /// where the device has integer dot products ([`VulkanBackend::set_int8_activations`]).
+    q8: std::sync::atomic::AtomicBool,
     /// Dropped last: the device is destroyed in Drop, before the instance.
     instance: Instance,
 }
@@ -141,6 +144,12 @@ impl Drop for VulkanBackend {
 
 /// Shader name of an op with one variant per weight format.
 fn variant(op: &str, q: QType) -> &'static str {
+    variant_act(op, q, "f32")
+}
+
+/// Shader name of an op for weight format `q` and activation kind `act` ("f32", or "q8": int8
+/// activations from quantize_x_f32, integer formats only).
+fn variant_act(op: &str, q: QType, act: &str) -> &'static str {
     let w = match q {
         QType::F32 => "f32",
         QType::F16 => "f16",
@@ -152,7 +161,7 @@ fn variant(op: &str, q: QType) -> &'static str {
         QType::I2Structured => "i2structured",
     };
     // The table in build.rs has exactly these names; leak-free static lookup.
-    let name = format!("{op}_{w}_f32");
+    let name = format!("{op}_{w}_{act}");
     pipelines::SHADERS
         .iter()
         .find(|(n, _)| *n == name)
@@ -267,10 +276,25 @@ impl VulkanBackend {
                 arena: Mutex::new(arena),
                 rec: Mutex::new(rec),
                 max_binding,
+                q8: std::sync::atomic::AtomicBool::new(true),
                 instance,
             }),
             upload_path,
         })
+    }
+
+    /// Decode (n = 1) matvecs of integer weight formats on int8 activations: x quantized once
+    /// per input, per group of 32 (quantize_x_f32), and integer dot products
+    /// (shaders/README.md, "Decode"). On by default where the device supports
+    /// `shaderIntegerDotProduct` and `MIXQ_VK_F32_ACT` is unset; off gives the f32-activation
+    /// kernels (same results as the CPU's exact mode up to summation order).
+    pub fn set_int8_activations(&self, on: bool) {
+        self.shared.q8.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether decode matvecs of integer formats run on int8 activations now.
+    pub fn int8_activations(&self) -> bool {
+        self.dev().int_dot && self.shared.q8.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The device's description (what `devices` prints for it).
@@ -568,6 +592,49 @@ impl VulkanBackend {
         Ok(())
     }
 
+    /// Whether decode matvecs of format `q` over `cols` columns run on int8 activations
+    /// (`*_{w}_q8`): the device has integer dot products (and `MIXQ_VK_F32_ACT` is unset), the
+    /// format is an integer one and x splits into groups of 32.
+    fn use_q8(&self, q: QType, cols: usize) -> bool {
+        self.int8_activations()
+            && cols % 32 == 0
+            && matches!(
+                q,
+                QType::I8Sym
+                    | QType::I8Asym
+                    | QType::I4Grouped
+                    | QType::I4PerChannel
+                    | QType::I2Structured
+            )
+    }
+
+    /// Records quantize_x_f32 of one vector `xb` of `cols` into a scratch buffer and returns
+    /// it, or the previous quantization of the same input when no command was recorded since
+    /// it was used (the caller sets `valid_at` after its last use).
+    fn quantize_x(&self, rec: &mut Recorder, xb: vk::Buffer, cols: usize) -> Result<vk::Buffer> {
+        let key = (xb, 1, cols, 0, 0);
+        if let Some(c) = &rec.quantized {
+            if c.key == key && c.valid_at == rec.commands {
+                return Ok(c.buf.buffer());
+            }
+        }
+        let out = self.try_alloc(cols / 4 + cols / 32 + cols / 16)?;
+        rec.dispatch(
+            self.dev(),
+            "quantize_x_f32",
+            &[xb, out.buffer()],
+            &[u(cols)],
+            grid(u((cols / 32).div_ceil(64))),
+        )?;
+        let b = out.buffer();
+        rec.quantized = Some(ops::RotatedInput {
+            key,
+            valid_at: rec.commands,
+            buf: out,
+        });
+        Ok(b)
+    }
+
     fn try_matmul(&self, w: &VkWeight, x: &VkBuf, n: usize, out: &mut VkBuf) -> Result<()> {
         assert!(
             n * w.cols <= x.len && n * w.rows <= out.len,
@@ -578,7 +645,11 @@ impl VulkanBackend {
             None => None,
             Some(rot) => Some(self.rotate(&mut rec, rot, x, n, w.cols)?),
         };
-        let xb = rotated.unwrap_or(x.buffer());
+        let mut xb = rotated.unwrap_or(x.buffer());
+        let q8 = n == 1 && self.use_q8(w.qtype, w.cols);
+        if q8 {
+            xb = self.quantize_x(&mut rec, xb, w.cols)?;
+        }
         for (i, c) in w.chunks.iter().enumerate() {
             if i > 0 {
                 // Chunks write disjoint output rows: no barrier between them.
@@ -588,7 +659,7 @@ impl VulkanBackend {
                 let (wg, rows) = matvec_shape(w.qtype, w.cols, c.rows);
                 rec.dispatch_spec(
                     self.dev(),
-                    variant("matvec", w.qtype),
+                    variant_act("matvec", w.qtype, if q8 { "q8" } else { "f32" }),
                     &[wg, rows],
                     &[c.buffer, xb, out.buffer()],
                     &[u(c.rows), u(w.cols), u(w.stride), u(c.row0), u(w.codes_at)],
@@ -616,6 +687,9 @@ impl VulkanBackend {
             // The next matmul with the same input and rotation (up_proj after gate_proj) reuses
             // it if nothing else is recorded in between.
             rec.rotated.as_mut().unwrap().valid_at = rec.commands;
+        }
+        if q8 {
+            rec.quantized.as_mut().unwrap().valid_at = rec.commands;
         }
         Ok(())
     }
@@ -698,10 +772,14 @@ impl VulkanBackend {
         if n == 1 && ws.len() == 3 && self.fusable(ws) {
             let w0 = ws[0];
             let mut rec = self.rec();
-            let xb = match &w0.rotation {
+            let mut xb = match &w0.rotation {
                 None => x.buffer(),
                 Some(rot) => self.rotate(&mut rec, rot, x, 1, w0.cols)?,
             };
+            let q8 = self.use_q8(w0.qtype, w0.cols);
+            if q8 {
+                xb = self.quantize_x(&mut rec, xb, w0.cols)?;
+            }
             let total: usize = ws.iter().map(|w| w.rows).sum();
             let (wg, per) = matvec_shape(w0.qtype, w0.cols, total);
             let groups: usize = ws.iter().map(|w| w.rows.div_ceil(per as usize)).sum();
@@ -709,7 +787,7 @@ impl VulkanBackend {
             let ob: Vec<vk::Buffer> = outs.iter().map(|o| o.buffer()).collect();
             rec.dispatch_arrays(
                 self.dev(),
-                variant("matvec3", w0.qtype),
+                variant_act("matvec3", w0.qtype, if q8 { "q8" } else { "f32" }),
                 &[wg, per],
                 &[&wb, &[xb], &ob],
                 &[
@@ -725,6 +803,9 @@ impl VulkanBackend {
             )?;
             if w0.rotation.is_some() {
                 rec.rotated.as_mut().unwrap().valid_at = rec.commands;
+            }
+            if q8 {
+                rec.quantized.as_mut().unwrap().valid_at = rec.commands;
             }
             return Ok(());
         }
@@ -768,10 +849,14 @@ impl VulkanBackend {
         assert!(n * gate_w.cols <= x.len, "gate_up input");
         if n == 1 && self.fusable(&[gate_w, up_w]) {
             let mut rec = self.rec();
-            let xb = match &gate_w.rotation {
+            let mut xb = match &gate_w.rotation {
                 None => x.buffer(),
                 Some(rot) => self.rotate(&mut rec, rot, x, 1, gate_w.cols)?,
             };
+            let q8 = self.use_q8(gate_w.qtype, gate_w.cols);
+            if q8 {
+                xb = self.quantize_x(&mut rec, xb, gate_w.cols)?;
+            }
             // Each workgroup reads ROWS rows of both matrices: half matvec's rows per group
             // keeps the loads in flight (and registers) per invocation as for one matrix.
             let (wg, per) = matvec_shape(gate_w.qtype, gate_w.cols, inter);
@@ -779,7 +864,7 @@ impl VulkanBackend {
             let wb = [gate_w.chunks[0].buffer, up_w.chunks[0].buffer];
             rec.dispatch_arrays(
                 self.dev(),
-                variant("matvec_gelu", gate_w.qtype),
+                variant_act("matvec_gelu", gate_w.qtype, if q8 { "q8" } else { "f32" }),
                 &[wg, per],
                 &[&wb, &[xb], &[gate.buffer()]],
                 &[
@@ -795,6 +880,9 @@ impl VulkanBackend {
             )?;
             if gate_w.rotation.is_some() {
                 rec.rotated.as_mut().unwrap().valid_at = rec.commands;
+            }
+            if q8 {
+                rec.quantized.as_mut().unwrap().valid_at = rec.commands;
             }
             return Ok(());
         }

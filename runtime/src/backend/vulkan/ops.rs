@@ -51,6 +51,9 @@ pub struct Recorder {
     pub rope_tables: HashMap<[u32; 5], super::VkBuf>,
     /// The last Hadamard-rotated matmul input (gate_proj and up_proj share it).
     pub rotated: Option<RotatedInput>,
+    /// The last int8-quantized decode input (quantize_x_f32; key (source, 1, cols, 0, 0)):
+    /// the matvecs of one input share it.
+    pub quantized: Option<RotatedInput>,
     /// Present when the queue has timestamps (`timestampComputeAndGraphics` or valid bits).
     pub profiler: Option<Profiler>,
     /// The next command needs no barrier before it ([`Self::concurrent`]).
@@ -125,6 +128,7 @@ impl Recorder {
                 dispatches: 0,
                 rope_tables: HashMap::new(),
                 rotated: None,
+                quantized: None,
                 no_barrier: false,
             })
         }
@@ -365,6 +369,7 @@ impl Recorder {
         self.collect(dev)?;
         self.rope_tables.clear();
         self.rotated = None;
+        self.quantized = None;
         Ok(())
     }
 
@@ -485,6 +490,7 @@ impl Recorder {
     pub unsafe fn destroy(&mut self, dev: &Device) {
         self.rope_tables.clear();
         self.rotated = None;
+        self.quantized = None;
         self.pipelines.destroy(dev);
         if let Some(b) = self.readback.take() {
             b.destroy(dev);
