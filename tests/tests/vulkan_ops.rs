@@ -481,6 +481,13 @@ fn copy_bandwidth_weight_bytes_and_op_times() {
     let (bw, how) = v.measure_copy_bandwidth_with(8 << 20, 4).unwrap();
     eprintln!("copy bandwidth {:.2} GB/s ({how})", bw / 1e9);
     assert!(bw.is_finite() && bw > 1e6, "copy bandwidth {bw}");
+    // The compute-shader copy (copy_f32), an odd size: rounded up to 16 bytes.
+    let sbw = v.measure_shader_copy_bandwidth((8 << 20) + 4, 4).unwrap();
+    eprintln!("shader copy bandwidth {:.2} GB/s", sbw / 1e9);
+    assert!(sbw.is_finite() && sbw > 1e6, "shader copy bandwidth {sbw}");
+    // Larger than one binding on lavapipe (128 MiB): capped, not out of bounds.
+    let big = v.measure_shader_copy_bandwidth(256 << 20, 1).unwrap();
+    assert!(big.is_finite() && big > 1e6);
     let before = v.weight_bytes();
     let w = weight(QType::I4Grouped, 64, 256, 3);
     let vw = v.load_weight(&w).unwrap();

@@ -425,6 +425,7 @@ impl Recorder {
         dst: vk::Buffer,
         size: u64,
         reps: usize,
+        via_shader: bool,
     ) -> Result<(f64, &'static str)> {
         self.submit_wait(dev)?;
         let region = [vk::BufferCopy {
@@ -432,7 +433,18 @@ impl Recorder {
             dst_offset: 0,
             size,
         }];
-        self.copy(dev, src, dst, &region)?;
+        // via_shader: copy_f32.comp, 16-byte loads/stores, grid-stride with 4 in flight per
+        // invocation (size must then be a multiple of 16).
+        let n = (size / 16) as u32;
+        let groups = grid(n.div_ceil(1024).clamp(1, 16384));
+        let mut one = |rec: &mut Self| -> Result<()> {
+            if via_shader {
+                rec.dispatch(dev, "copy_f32", &[src, dst], &[n], groups)
+            } else {
+                rec.copy(dev, src, dst, &region)
+            }
+        };
+        one(self)?;
         self.submit_wait(dev)?;
         let profiling = self.profiler.as_ref().is_some_and(|p| p.enabled);
         if let Some(p) = self.profiler.as_mut() {
@@ -450,7 +462,7 @@ impl Recorder {
             }
         }
         for _ in 0..reps {
-            self.copy(dev, src, dst, &region)?;
+            one(self)?;
         }
         if let Some((qp, _)) = pool {
             // SAFETY: as above.
