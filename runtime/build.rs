@@ -33,7 +33,11 @@ const WEIGHT_OPS: [(&str, &str, &str); 5] = [
 
 /// Decode ops on int8 activations (matvec.comp with Q8X; `{op}_{w}_q8`), for the integer
 /// weight formats only: x is quantized once per input by quantize_x_f32.
-const Q8_OPS: [(&str, &str); 3] = [("matvec", ""), ("matvec3", "FUSE_QKV"), ("matvec_gelu", "FUSE_GELU")];
+const Q8_OPS: [(&str, &str); 3] = [
+    ("matvec", ""),
+    ("matvec3", "FUSE_QKV"),
+    ("matvec_gelu", "FUSE_GELU"),
+];
 const Q8_FORMATS: [(&str, &str); 5] = [
     ("i8sym", "W_I8_SYM"),
     ("i8asym", "W_I8_ASYM"),

@@ -289,9 +289,8 @@ impl Device {
             if int_dot && !dot_core {
                 exts.push(dot_ext.as_ptr());
             }
-            let mut dot_feat =
-                vk::PhysicalDeviceShaderIntegerDotProductFeatures::default()
-                    .shader_integer_dot_product(true);
+            let mut dot_feat = vk::PhysicalDeviceShaderIntegerDotProductFeatures::default()
+                .shader_integer_dot_product(true);
             let mut create = vk::DeviceCreateInfo::default()
                 .queue_create_infos(&qinfo)
                 .enabled_extension_names(&exts)

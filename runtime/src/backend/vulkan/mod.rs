@@ -289,7 +289,9 @@ impl VulkanBackend {
     /// `shaderIntegerDotProduct` and `MIXQ_VK_F32_ACT` is unset; off gives the f32-activation
     /// kernels (same results as the CPU's exact mode up to summation order).
     pub fn set_int8_activations(&self, on: bool) {
-        self.shared.q8.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .q8
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether decode matvecs of integer formats run on int8 activations now.

@@ -437,7 +437,7 @@ impl Recorder {
         // invocation (size must then be a multiple of 16).
         let n = (size / 16) as u32;
         let groups = grid(n.div_ceil(1024).clamp(1, 16384));
-        let mut one = |rec: &mut Self| -> Result<()> {
+        let one = |rec: &mut Self| -> Result<()> {
             if via_shader {
                 rec.dispatch(dev, "copy_f32", &[src, dst], &[n], groups)
             } else {
