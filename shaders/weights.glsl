@@ -157,7 +157,9 @@ float granule_dot(uint rb, uint g, XG xg) {
 const uint EPG = 16u;
 float w_elem(uint rb, uint k) {
     vec2 sm = unpackHalf2x16(WU((rb >> 2u) + k / 64u));
-    return sm.y + sm.x * float(byte_at(rb + p.codes_at + k));
+    // precise: no FMA contraction, so the value is bit-identical to the CPU's min + scale * q.
+    precise float w = sm.y + sm.x * float(byte_at(rb + p.codes_at + k));
+    return w;
 }
 #ifdef WEIGHTS_GRANULES
 void granule_x(uint g, out vec4 xv[4]) {
@@ -203,7 +205,8 @@ float w_elem(uint rb, uint k) {
     uint b = byte_at(rb + p.codes_at + (k / 64u) * 32u + (k % 32u));
     uint q = ((k % 64u) < 32u) ? (b & 15u) : (b >> 4u);
     vec2 sm = params_of(rb, k / 64u);
-    return sm.y + sm.x * float(q);
+    precise float w = sm.y + sm.x * float(q);
+    return w;
 }
 #ifdef WEIGHTS_GRANULES
 // Granule g: bytes 16h..16h+15 of chunk g/2 (h = g%2): elements 64c+16h+(0..15) in the low
@@ -264,7 +267,8 @@ float w_elem(uint rb, uint k) {
     uint q = (byte_at(rb + p.codes_at + sb * 32u + (i % 32u)) >> (2u * (i / 32u))) & 3u;
     vec2 dd = unpackHalf2x16(WU((rb + 12u * sb) >> 2u));
     uint s = byte_at(rb + 12u * sb + 4u + i / 16u);
-    return dd.x * float(s & 15u) * float(q) - dd.y * float(s >> 4u);
+    precise float w = dd.x * float(s & 15u) * float(q) - dd.y * float(s >> 4u);
+    return w;
 }
 #ifdef WEIGHTS_GRANULES
 // Granule g: bytes 16h..16h+15 of chunk g/2 (h = g%2); bit pair s of those bytes holds elements
