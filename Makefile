@@ -25,7 +25,7 @@ APT_PACKAGES += mesa-vulkan-drivers libvulkan1 vulkan-tools glslc
 MODEL := models/gemma-3-270m
 MIXQ_RUN := $(CARGO_TARGET_DIR)/release/mixq-run
 
-.PHONY: help setup apt-packages venv test-model build test demo golden-env golden bench-env bench clean
+.PHONY: help setup apt-packages venv test-model build test demo golden-env golden bench-env bench quality-baseline clean
 
 help:
 	@echo "make demo        fetch the test model, build, run mixq-run generate"
@@ -36,6 +36,7 @@ help:
 	@echo "make golden-env  torch + transformers venv for scripts/make_golden.py (~3 GB, not CI)"
 	@echo "make golden      regenerate tests/golden/*.json with transformers (not CI)"
 	@echo "make bench       mixq vs llama.cpp (same machine, threads, prompt): tokens/s, sizes, ratios"
+	@echo "make quality-baseline  llama.cpp's quantizer (Q8_0..IQ2_M+imatrix) on models/data/eval.txt, mixq's metrics"
 	@echo "make bench-env   the llama.cpp venv for make bench (compiles llama.cpp once, a few minutes)"
 	@echo "make clean       remove models/ links and cargo's target directory"
 
@@ -104,6 +105,13 @@ bench: setup test-model bench-env
 	cargo build --release -p mixq-runtime -p mixq-quantizer
 	$(VENV_BENCH)/bin/python scripts/bench.py --model $(MODEL) --cache $(MIXQ_CACHE)/bench \
 	  --mixq-run $(MIXQ_RUN) --mixq-quantize $(CARGO_TARGET_DIR)/release/mixq-quantize $(BENCH_ARGS)
+
+# Knobs: make quality-baseline QUALITY_ARGS="--eval-tokens 2048 --imatrix-chunks 32 --quants Q4_0,Q2_K"
+QUALITY_ARGS ?=
+quality-baseline: setup test-model bench-env
+	cargo build --release -p mixq-runtime
+	$(VENV_BENCH)/bin/python scripts/llama_quality.py --model $(MODEL) --cache $(MIXQ_CACHE)/bench \
+	  --mixq-run $(MIXQ_RUN) $(QUALITY_ARGS)
 
 clean:
 	rm -rf models/gemma-3-270m models/data
