@@ -1,6 +1,6 @@
 # mixq: convert a Hugging Face Gemma 3 checkpoint to .mixq and run it.
 #
-#   make demo   fetch the test model, build, generate a few tokens
+#   make demo   fetch the test model, build, convert it to .mixq, show the report, run a prompt
 #   make test   fetch the test model, run the whole test suite (what CI runs)
 #
 # Downloads, venvs, the converted test model and cargo's target directory live in
@@ -28,7 +28,7 @@ MIXQ_RUN := $(CARGO_TARGET_DIR)/release/mixq-run
 .PHONY: help setup apt-packages venv test-model build test demo golden-env golden bench-env bench quality-baseline clean
 
 help:
-	@echo "make demo        fetch the test model, build, run mixq-run generate"
+	@echo "make demo        fetch the test model, build, convert it to .mixq, show the report, run a prompt"
 	@echo "make test        fetch the test model, cargo test --workspace (CI runs this)"
 	@echo "make build       cargo build --release --workspace"
 	@echo "make test-model  fetch + verify + convert Gemma 3 270M into $(MODEL), sample text into models/data"
@@ -72,8 +72,20 @@ build:
 test: setup test-model
 	cargo test --workspace
 
+MIXQ_QUANTIZE := $(CARGO_TARGET_DIR)/release/mixq-quantize
+DEMO_RECIPE ?= optimal
+DEMO_MIXQ := $(MIXQ_CACHE)/demo/gemma-3-270m-$(DEMO_RECIPE).mixq
+
+# Convert once (calibrate, quantize, evaluate: a few minutes on 2 cores), show the report, run a
+# prompt on the .mixq. The file is remade when mixq-quantize changes; DEMO_RECIPE=int4 picks a recipe.
 demo: setup test-model build
-	$(MIXQ_RUN) generate --model $(MODEL) --prompt "The capital of France is" --max-tokens 32 --temperature 0
+	@$(MAKE) --no-print-directory $(DEMO_MIXQ)
+	$(MIXQ_QUANTIZE) report $(DEMO_MIXQ)
+	$(MIXQ_RUN) generate --model $(DEMO_MIXQ) --prompt "The capital of France is" --max-tokens 32 --temperature 0
+
+$(DEMO_MIXQ): $(MIXQ_QUANTIZE)
+	@mkdir -p $(dir $@)
+	$(MIXQ_QUANTIZE) convert $(MODEL) -o $@ --recipe $(DEMO_RECIPE)
 
 golden-env:
 	@if ! cmp -s scripts/requirements-ref.txt $(VENV_REF)/.mixq-requirements; then \
