@@ -4,7 +4,8 @@
 //!
 //! Following the reference implementation:
 //! - dead input channels (`H_ii = 0`) get `H_ii = 1` and zero weight;
-//! - dampening: `H += damp · mean(diag H) · I` (1%, raised ×10 until Cholesky succeeds);
+//! - dampening: `H += damp · mean(diag H) · I` (default 10 %, see `convert::DEFAULT_DAMP`;
+//!   raised ×10 until Cholesky succeeds);
 //! - `U` = the upper Cholesky factor of `H⁻¹` (`H⁻¹ = UᵀU`), in f64;
 //! - columns in blocks of 128 with lazy batch updates of the columns after the block;
 //! - a parameter block's parameters (group of 64, I2 super-block of 128) are fitted when its
@@ -34,7 +35,9 @@ pub struct GptqOptions {
 
 impl Default for GptqOptions {
     fn default() -> Self {
-        GptqOptions { damp: 0.01 }
+        GptqOptions {
+            damp: crate::convert::DEFAULT_DAMP,
+        }
     }
 }
 

@@ -23,7 +23,7 @@ fn args(out: &Path, recipe: &str) -> ConvertArgs {
         eval_tokens: 64,
         no_eval: true,
         methods: vec![],
-        damp: 0.01,
+        damp: mixq_quantizer::convert::DEFAULT_DAMP,
         threads: None,
         quiet: true,
     }
@@ -64,7 +64,9 @@ fn int8_and_int4_conversions_keep_paris() {
         assert_eq!(report.recipe, recipe);
         assert_eq!(report.calibration.tokens, 256);
         assert!(report.tensors.iter().all(|t| t.rel_rmse < 0.5), "{recipe}");
-        let text = greedy(&out, "The capital of France is", 6);
+        // The f32 model continues " the capital of the country of France. It is ..."
+        // (tests/golden/capital.json).
+        let text = greedy(&out, "The capital of France is", 12);
         assert!(
             text.contains("Paris") || text.contains("France"),
             "{recipe}: greedy continuation {text:?}"
