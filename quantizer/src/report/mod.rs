@@ -25,7 +25,10 @@ use crate::eval::{self, DEFAULT_EVAL_TOKENS};
 use anyhow::{bail, Context, Result};
 use mixq_format::mixq::{Index, MixqFile, BLOB_REPORT};
 use mixq_format::tokenizer::Tokenizer;
+use mixq_runtime::backend::cpu::CpuBackend;
+use mixq_runtime::backend::hybrid::load_npu_cpu;
 use mixq_runtime::weights::{open_store, MixqStore, WeightStore};
+use mixq_runtime::Gemma3;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -309,6 +312,11 @@ pub struct ReportArgs {
     /// CPU threads for --eval (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// With --eval, also compute the figures with the NPU engine model's arithmetic in attention
+    /// (int4 weights of the npu.bank sections, bf16 activations): what the NPU path would cost.
+    /// Emulated on the host CPU; no NPU is used.
+    #[arg(long, requires = "eval")]
+    pub npu: bool,
 }
 
 pub fn run(a: ReportArgs) -> Result<()> {
@@ -372,6 +380,20 @@ pub fn run(a: ReportArgs) -> Result<()> {
         a.eval_tokens,
         a.threads,
     )?;
+    let e_npu = if a.npu {
+        let reference = Gemma3::load(reference.as_ref(), CpuBackend::new(a.threads)?)?;
+        let npu = load_npu_cpu(&store, a.threads)?;
+        Some(eval::evaluate_models(
+            &reference,
+            &npu,
+            &tok,
+            &text,
+            &source,
+            a.eval_tokens,
+        )?)
+    } else {
+        None
+    };
     if a.json {
         println!(
             "{}",
@@ -379,6 +401,7 @@ pub fn run(a: ReportArgs) -> Result<()> {
                 "file": a.file.display().to_string(),
                 "reference": ref_dir.display().to_string(),
                 "end_to_end": e,
+                "end_to_end_npu_emulated": e_npu,
                 "stored_end_to_end": report.end_to_end,
             }))?
         );
@@ -389,6 +412,10 @@ pub fn run(a: ReportArgs) -> Result<()> {
             "{}",
             render_end_to_end(&e, "Recomputed (CPU path, f32 activations)")
         );
+        if let Some(e) = &e_npu {
+            println!();
+            print!("{}", render_end_to_end(e, NPU_LABEL));
+        }
         if let Some(stored) = &report.end_to_end {
             println!();
             print!(
