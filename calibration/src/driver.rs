@@ -54,6 +54,10 @@ impl LayerStats {
     pub fn get_mut(&mut self, s: Site) -> Option<&mut Hessian> {
         self.sites[site_index(s)].as_mut()
     }
+    /// Takes a site's Hessian out (to turn it into its mean in place).
+    pub fn take(&mut self, s: Site) -> Option<Hessian> {
+        self.sites[site_index(s)].take()
+    }
 }
 
 pub struct Calibrator<'a> {

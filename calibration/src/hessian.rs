@@ -100,6 +100,14 @@ impl Hessian {
         self.sum.iter().map(|v| v * s).collect()
     }
 
+    /// [`Hessian::mean`] without a copy: the sum becomes the mean in place.
+    pub fn into_mean(mut self) -> Vec<f64> {
+        self.finish();
+        let s = 1.0 / self.tokens.max(1) as f64;
+        self.sum.iter_mut().for_each(|v| *v *= s);
+        self.sum
+    }
+
     /// Mean square activation of each input channel: `diag(H) / tokens`.
     pub fn mean_square(&self) -> Vec<f32> {
         let s = 1.0 / self.tokens.max(1) as f64;

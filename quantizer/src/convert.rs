@@ -18,11 +18,12 @@
 //!    index and header written; `<out>.tmp` renamed to `<out>`. Any error before that deletes
 //!    the temporary file: a partial `OUT.mixq` never exists.
 //!
-//! At 27B (hidden 5376, intermediate 21504, 62 layers) the largest buffers are the f64
-//! Hessian of the down projection's input (21504² x 8 B = 3.7 GB), GPTQ's f32 copy of its
-//! inverse factor (1.8 GB), one layer's f32 weights (about 1.7 GB), the calibration stream
-//! (tokens x 5376 x 4 B: 88 MB at 4096 tokens) and the embedding's stored bytes (1.4 GB):
-//! under 10 GB, below the 16 GB target. See quantizer/README.md for measurements.
+//! At 27B (hidden 5376, intermediate 21504, 62 layers) the largest buffers are the mean
+//! Hessian of the down projection's input (21504² x 8 B = 3.7 GB; each site's mean is made in
+//! place and dropped after its last tensor), GPTQ's reversed copy and its triangular inverse
+//! (3.7 GB each, then a 1.8 GB f32 copy of the factor), one layer's f32 weights (about
+//! 1.7 GB) and the calibration stream (tokens x 5376 x 4 B: 44 MB at 2048 tokens): about
+//! 13-14 GB at the peak, under 16 GB. See quantizer/README.md.
 
 use crate::eval::{self, DEFAULT_EVAL_TOKENS};
 use crate::gptq::{gptq, output_error, GptqOptions};
@@ -34,7 +35,8 @@ use crate::search::{
 };
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use mixq_calibration::{CalibSet, Calibrator, Hessian};
+use mixq_calibration::driver::site_index;
+use mixq_calibration::{CalibSet, Calibrator};
 use mixq_format::checkpoint::{expected_tensors, HfCheckpoint};
 use mixq_format::mixq::{self as mixqfmt, FileMeta, MixqWriter};
 use mixq_format::profile::{self, DeviceProfile, Plan, TensorSpec};
@@ -46,6 +48,7 @@ use mixq_runtime::backend::Backend;
 use mixq_runtime::model::gemma3::{Layer, Site};
 use mixq_runtime::weights::{WeightSource, WeightStore};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -308,12 +311,30 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
         let t_observe = t_layer.elapsed().as_secs_f64();
         pass_bar.set_message("quantize");
         let mut stored: HashMap<String, (QType, Vec<u8>, Transform)> = HashMap::new();
-        for name in &names {
+        // each site's mean Hessian, made in place when first needed and dropped after the
+        // last tensor that reads it (at 27B the down projection's is 3.7 GB)
+        let mut means: HashMap<usize, Vec<f64>> = HashMap::new();
+        for (k, name) in names.iter().enumerate() {
             let c = choice_of[name.as_str()];
             let (r, cols, w) = &weights[name];
             let site = site_of(name);
-            let (bytes, mut q) =
-                quantize_tensor(c, w, *r, *cols, site.and_then(|s| stats.get_mut(s)), opts)?;
+            if let Some(s) = site {
+                let idx = site_index(s);
+                if !means.contains_key(&idx) {
+                    if let Some(hs) = stats.take(s) {
+                        means.insert(idx, hs.into_mean());
+                    }
+                }
+            }
+            let hm = site
+                .and_then(|s| means.get(&site_index(s)))
+                .map(|v| v.as_slice());
+            let (bytes, mut q) = quantize_tensor(c, w, *r, *cols, hm, opts)?;
+            if let Some(s) = site {
+                if !names[k + 1..].iter().any(|n| site_of(n) == Some(s)) {
+                    means.remove(&site_index(s));
+                }
+            }
             q.section = section_of[name.as_str()].to_string();
             writer.write_tensor(name, &bytes)?;
             quality.insert(name.clone(), q);
@@ -521,22 +542,22 @@ fn stored_source(
     s
 }
 
-/// Quantizes one tensor (`rows x cols` f32) by its choice; `hess` is the Hessian of its input
-/// (linear layers only). Returns the stored bytes and the tensor's quality figures.
+/// Quantizes one tensor (`rows x cols` f32) by its choice; `hess` is the mean Hessian of its
+/// input (linear layers only). Returns the stored bytes and the tensor's quality figures.
 pub fn quantize_tensor(
     c: &TensorChoice,
     w: &[f32],
     rows: usize,
     cols: usize,
-    hess: Option<&mut Hessian>,
+    hess: Option<&[f64]>,
     opts: GptqOptions,
 ) -> Result<(Vec<u8>, TensorQuality)> {
     let mut w = w.to_vec();
-    let mut h: Option<Vec<f64>> = hess.map(|h| h.mean());
+    let mut h: Option<Cow<[f64]>> = hess.map(Cow::Borrowed);
     if let Transform::BlockHadamard { block, seed } = c.transform {
         rotate_weights(&mut w, cols, block as usize, seed)?;
         if let Some(hm) = &h {
-            h = Some(rotate_hessian(hm, cols, block as usize, seed));
+            h = Some(Cow::Owned(rotate_hessian(hm, cols, block as usize, seed)));
         }
     }
     let importance = h.as_ref().map(|hm| {

@@ -57,17 +57,15 @@ pub fn gptq(
     }
     assert_eq!(w.len(), rows * cols);
     assert_eq!(h.len(), cols * cols);
-    let mut h = h.to_vec();
-    let mut dead = vec![false; cols];
-    for i in 0..cols {
-        if h[i * cols + i] <= 0.0 {
-            dead[i] = true;
-            h[i * cols + i] = 1.0;
-        }
-    }
-    let importance: Vec<f32> = (0..cols).map(|i| h[i * cols + i] as f32).collect();
-    let u = inverse_upper_factor(&h, cols, opts.damp)?;
-    let u: Vec<f32> = u.iter().map(|&v| v as f32).collect();
+    // dead input channels (never active on the calibration text): zero weight, H_ii = 1
+    let dead: Vec<bool> = (0..cols).map(|i| h[i * cols + i] <= 0.0).collect();
+    let importance: Vec<f32> = (0..cols)
+        .map(|i| if dead[i] { 1.0 } else { h[i * cols + i] as f32 })
+        .collect();
+    let u: Vec<f32> = {
+        let u64 = inverse_upper_factor(h, cols, opts.damp)?;
+        u64.iter().map(|&v| v as f32).collect()
+    };
     let row_bytes = qtype.row_bytes(cols)?;
     let pb = qtype.param_block(cols);
     let mut out = vec![0u8; rows * row_bytes];
@@ -151,26 +149,39 @@ pub fn gptq(
 /// `M = JLJ` upper, so `H⁻¹ = (M⁻¹)ᵀ M⁻¹` and `U = M⁻¹ = J L⁻¹ J`: one Cholesky and one
 /// triangular inverse, no explicit inverse of H.
 pub fn inverse_upper_factor(h: &[f64], n: usize, damp: f64) -> Result<Vec<f64>> {
-    let mean_diag = (0..n).map(|i| h[i * n + i]).sum::<f64>() / n as f64;
+    // a dead channel (H_ii <= 0) counts as H_ii = 1, uncoupled
+    let diag = |i: usize| {
+        if h[i * n + i] <= 0.0 {
+            1.0
+        } else {
+            h[i * n + i]
+        }
+    };
+    let mean_diag = (0..n).map(diag).sum::<f64>() / n as f64;
     let mut damp = damp;
     for _ in 0..6 {
         let lambda = damp * mean_diag;
-        // reversed + dampened
+        // reversed + dampened (peak memory: this, L⁻¹ and the caller's H; n² f64 each)
         let mut a = vec![0f64; n * n];
         for i in 0..n {
-            for j in 0..=i {
-                a[i * n + j] = h[(n - 1 - i) * n + (n - 1 - j)];
+            let (ri, row) = (n - 1 - i, &mut a[i * n..i * n + i + 1]);
+            for (j, v) in row.iter_mut().enumerate() {
+                let rj = n - 1 - j;
+                *v = if ri == rj {
+                    diag(ri)
+                } else if h[ri * n + ri] <= 0.0 || h[rj * n + rj] <= 0.0 {
+                    0.0
+                } else {
+                    h[ri * n + rj]
+                };
             }
             a[i * n + i] += lambda;
         }
         if cholesky_lower(&mut a, n) {
-            let linv = lower_inverse(&a, n);
-            let mut u = vec![0f64; n * n];
-            for i in 0..n {
-                for j in i..n {
-                    u[i * n + j] = linv[(n - 1 - i) * n + (n - 1 - j)];
-                }
-            }
+            let mut u = lower_inverse(&a, n);
+            drop(a);
+            // U = J L⁻¹ J: u[i][j] = linv[n-1-i][n-1-j], i.e. the flat array reversed
+            u.reverse();
             return Ok(u);
         }
         damp *= 10.0;
