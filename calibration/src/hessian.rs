@@ -38,7 +38,11 @@ impl Hessian {
     pub fn add(&mut self, x: &[f32], n: usize) {
         let d = self.dim;
         assert!(!self.mirrored, "Hessian::add after finish");
-        assert!(x.len() >= n * d, "Hessian::add: {} values < {n} x {d}", x.len());
+        assert!(
+            x.len() >= n * d,
+            "Hessian::add: {} values < {n} x {d}",
+            x.len()
+        );
         if n == 0 {
             return;
         }
@@ -56,7 +60,9 @@ impl Hessian {
             .for_each(|(bi, hrows)| {
                 let i0 = bi * TILE;
                 let rows = hrows.len() / d;
-                let a: Vec<&[f32]> = (0..rows).map(|r| &xt[(i0 + r) * n..(i0 + r + 1) * n]).collect();
+                let a: Vec<&[f32]> = (0..rows)
+                    .map(|r| &xt[(i0 + r) * n..(i0 + r + 1) * n])
+                    .collect();
                 for j in i0..d {
                     let b = &xt[j * n..(j + 1) * n];
                     let dots = dots4(&a, b);
@@ -192,7 +198,10 @@ mod tests {
         let want = naive(&x, n1 + n2, d);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             let w = w / (n1 + n2) as f64;
-            assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "element {i}: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "element {i}: {g} vs {w}"
+            );
         }
         for i in 0..d {
             assert!((ms[i] as f64 - got[i * d + i]).abs() < 1e-5 * got[i * d + i].max(1.0));

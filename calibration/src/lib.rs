@@ -20,7 +20,10 @@ pub use tokens::CalibSet;
 #[derive(Debug, thiserror::Error)]
 pub enum CalibError {
     #[error("calibration text {source_name}: {problem}")]
-    Text { source_name: String, problem: String },
+    Text {
+        source_name: String,
+        problem: String,
+    },
     #[error("calibration: {0}")]
     Tokenizer(#[from] mixq_format::FormatError),
     #[error("calibration: {problem}")]

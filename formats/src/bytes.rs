@@ -23,13 +23,21 @@ impl AsRef<[u8]> for MmapOwner {
 impl SharedBytes {
     pub fn from_vec(v: Vec<u8>) -> Self {
         let len = v.len();
-        SharedBytes { owner: Arc::new(v), start: 0, len }
+        SharedBytes {
+            owner: Arc::new(v),
+            start: 0,
+            len,
+        }
     }
 
     /// Wraps a whole memory map; slice it with [`SharedBytes::slice`].
     pub fn from_mmap(map: Mmap) -> Self {
         let len = map.len();
-        SharedBytes { owner: Arc::new(MmapOwner(map)), start: 0, len }
+        SharedBytes {
+            owner: Arc::new(MmapOwner(map)),
+            start: 0,
+            len,
+        }
     }
 
     /// A sub-range, relative to this one. `None` if it does not fit.
@@ -37,7 +45,11 @@ impl SharedBytes {
         if range.start > range.end || range.end > self.len {
             return None;
         }
-        Some(SharedBytes { owner: self.owner.clone(), start: self.start + range.start, len: range.end - range.start })
+        Some(SharedBytes {
+            owner: self.owner.clone(),
+            start: self.start + range.start,
+            len: range.end - range.start,
+        })
     }
 }
 

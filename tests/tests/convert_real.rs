@@ -43,7 +43,9 @@ fn greedy(path: &Path, prompt: &str, n: usize) -> String {
     let mut ids = tok.encode(prompt, true).unwrap();
     let mut out = Vec::new();
     for _ in 0..n {
-        let logits = model.forward(&mut s, &ids, Logits::Last, |_, _| {}).unwrap();
+        let logits = model
+            .forward(&mut s, &ids, Logits::Last, |_, _| {})
+            .unwrap();
         let next = (0..logits.len())
             .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
             .unwrap() as u32;
