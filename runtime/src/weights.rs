@@ -23,6 +23,27 @@ pub struct WeightSource {
 }
 
 impl WeightSource {
+    /// Checks the byte length against the type and shape, and the transform against the row
+    /// length; returns the bytes per stored row. Every backend calls this before binding.
+    pub fn validate(&self) -> Result<usize> {
+        let row_bytes = self.qtype.row_bytes(self.cols)?;
+        if self.rows.checked_mul(row_bytes) != Some(self.bytes.len()) {
+            bail!(
+                "tensor `{}`: {} bytes, but {}x{} {} needs {}x{row_bytes}",
+                self.name,
+                self.bytes.len(),
+                self.rows,
+                self.cols,
+                self.qtype.name(),
+                self.rows
+            );
+        }
+        self.transform
+            .check(self.cols)
+            .map_err(|e| anyhow::anyhow!("tensor `{}`: {e}", self.name))?;
+        Ok(row_bytes)
+    }
+
     /// An f32 tensor held in memory (the quantizer's layer-at-a-time weights).
     pub fn from_f32(name: &str, rows: usize, cols: usize, values: &[f32]) -> Self {
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -22,7 +22,7 @@ mod tests;
 
 use super::{AttnParams, Backend, RopeParams};
 use crate::weights::WeightSource;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use kernels::{Isa, QAct};
 pub use kv::CpuKv;
 use mixq_format::quant::hadamard::apply_hadamard_with_signs;
@@ -243,24 +243,10 @@ impl Backend for CpuBackend {
     }
 
     fn load_weight(&self, w: &WeightSource) -> Result<CpuWeight> {
-        let row_bytes = w.qtype.row_bytes(w.cols)?;
-        if w.rows.checked_mul(row_bytes) != Some(w.bytes.len()) {
-            bail!(
-                "tensor `{}`: {} bytes, but {}x{} {} needs {}x{row_bytes}",
-                w.name,
-                w.bytes.len(),
-                w.rows,
-                w.cols,
-                w.qtype.name(),
-                w.rows
-            );
-        }
+        let row_bytes = w.validate()?;
         let rotation = match w.transform {
             Transform::None => None,
             Transform::BlockHadamard { block, seed } => {
-                w.transform
-                    .check(w.cols)
-                    .map_err(|e| anyhow!("tensor `{}`: {e}", w.name))?;
                 Some((hadamard_signs(w.cols, seed), block as usize))
             }
         };

@@ -482,24 +482,10 @@ impl VulkanBackend {
     }
 
     fn try_load_weight(&self, w: &WeightSource) -> Result<VkWeight> {
-        let row_bytes = w.qtype.row_bytes(w.cols)?;
-        if w.rows.checked_mul(row_bytes) != Some(w.bytes.len()) {
-            bail!(
-                "tensor `{}`: {} bytes, but {}x{} {} needs {}x{row_bytes}",
-                w.name,
-                w.bytes.len(),
-                w.rows,
-                w.cols,
-                w.qtype.name(),
-                w.rows
-            );
-        }
+        let row_bytes = w.validate()?;
         let rotation = match w.transform {
             Transform::None => None,
             Transform::BlockHadamard { block, seed } => {
-                w.transform
-                    .check(w.cols)
-                    .map_err(|e| anyhow::anyhow!("tensor `{}`: {e}", w.name))?;
                 if block > 4096 {
                     bail!(
                         "tensor `{}`: Hadamard block {block} > 4096 (hadamard_f32.comp's shared array)",
