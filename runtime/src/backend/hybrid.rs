@@ -274,30 +274,6 @@ fn host_rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
     });
 }
 
-/// NEOX RoPE in place (the CPU backend's arithmetic).
-fn host_rope(x: &mut [f32], p: RopeParams) {
-    let d = p.head_dim;
-    let half = d / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|j| 1.0 / p.base.powf((2 * j) as f32 / d as f32) / p.scale)
-        .collect();
-    x.par_chunks_mut(p.heads * d)
-        .enumerate()
-        .for_each(|(t, tok)| {
-            let pos = (p.pos0 + t) as f32;
-            let (sin, cos): (Vec<f32>, Vec<f32>) =
-                inv_freq.iter().map(|&f| (pos * f).sin_cos()).unzip();
-            for head in tok.chunks_exact_mut(d) {
-                let (a, b) = head.split_at_mut(half);
-                for j in 0..half {
-                    let (x0, x1) = (a[j], b[j]);
-                    a[j] = x0 * cos[j] - x1 * sin[j];
-                    b[j] = x1 * cos[j] + x0 * sin[j];
-                }
-            }
-        });
-}
-
 fn is_attn_proj(name: &str) -> bool {
     ["q_proj", "k_proj", "v_proj", "o_proj"]
         .iter()
@@ -467,7 +443,7 @@ impl<G: Backend> Backend for HybridBackend<G> {
         if let Residency::Host(h) = x.state.get() {
             if h >= len {
                 let t = Timer::start();
-                host_rope(&mut x.host.borrow_mut()[..len], p);
+                super::cpu::rope(&mut x.host.borrow_mut()[..len], p);
                 self.stats.npu_elementwise(t);
                 return;
             }

@@ -388,28 +388,7 @@ impl Backend for CpuBackend {
     }
 
     fn rope(&self, x: &mut Vec<f32>, n: usize, p: RopeParams) {
-        let d = p.head_dim;
-        let half = d / 2;
-        // inv_freq in f32 as HF computes it: 1 / base^(2j/d), then divided by the linear factor.
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|j| 1.0 / p.base.powf((2 * j) as f32 / d as f32) / p.scale)
-            .collect();
-        x[..n * p.heads * d]
-            .par_chunks_mut(p.heads * d)
-            .enumerate()
-            .for_each(|(t, tok)| {
-                let pos = (p.pos0 + t) as f32;
-                let (sin, cos): (Vec<f32>, Vec<f32>) =
-                    inv_freq.iter().map(|&f| (pos * f).sin_cos()).unzip();
-                for head in tok.chunks_exact_mut(d) {
-                    let (a, b) = head.split_at_mut(half);
-                    for j in 0..half {
-                        let (x0, x1) = (a[j], b[j]);
-                        a[j] = x0 * cos[j] - x1 * sin[j];
-                        b[j] = x1 * cos[j] + x0 * sin[j];
-                    }
-                }
-            });
+        rope(&mut x[..n * p.heads * p.head_dim], p);
     }
 
     fn attention(
@@ -499,4 +478,29 @@ pub fn features() -> CpuFeatures {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         simd,
     }
+}
+
+/// NEOX (rotate-half) RoPE in place on rows of `[heads, head_dim]`, token `t` at position
+/// `pos0 + t`; inv_freq in f32 as HF computes it. The hybrid backend runs the same arithmetic.
+pub fn rope(x: &mut [f32], p: RopeParams) {
+    let d = p.head_dim;
+    let half = d / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|j| 1.0 / p.base.powf((2 * j) as f32 / d as f32) / p.scale)
+        .collect();
+    x.par_chunks_mut(p.heads * d)
+        .enumerate()
+        .for_each(|(t, tok)| {
+            let pos = (p.pos0 + t) as f32;
+            let (sin, cos): (Vec<f32>, Vec<f32>) =
+                inv_freq.iter().map(|&f| (pos * f).sin_cos()).unzip();
+            for head in tok.chunks_exact_mut(d) {
+                let (a, b) = head.split_at_mut(half);
+                for j in 0..half {
+                    let (x0, x1) = (a[j], b[j]);
+                    a[j] = x0 * cos[j] - x1 * sin[j];
+                    b[j] = x1 * cos[j] + x0 * sin[j];
+                }
+            }
+        });
 }
