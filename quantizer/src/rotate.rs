@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 use mixq_format::quant::apply_hadamard_rows;
-use mixq_format::quant::hadamard::hadamard_signs;
+use mixq_format::quant::hadamard::{apply_hadamard_with_signs, hadamard_signs};
 
 /// `W·H` for `rows x cols` weights (rows rotated in place).
 pub fn rotate_weights(w: &mut [f32], cols: usize, block: usize, seed: u64) -> Result<()> {
@@ -23,7 +23,7 @@ pub fn rotate_hessian(hx: &[f64], cols: usize, block: usize, seed: u64) -> Vec<f
         .collect();
     let mut a = hx.to_vec();
     for row in a.chunks_exact_mut(cols) {
-        rotate_row64(row, &signs, block);
+        apply_hadamard_with_signs(row, &signs, block);
     }
     // a = hx·H; its transpose is Hᵀ·hx (hx symmetric); rotate rows of the transpose.
     let mut t = vec![0f64; cols * cols];
@@ -33,7 +33,7 @@ pub fn rotate_hessian(hx: &[f64], cols: usize, block: usize, seed: u64) -> Vec<f
         }
     }
     for row in t.chunks_exact_mut(cols) {
-        rotate_row64(row, &signs, block);
+        apply_hadamard_with_signs(row, &signs, block);
     }
     // t = (Hᵀ·hx)·H, symmetric up to rounding: symmetrise exactly
     for i in 0..cols {
@@ -44,30 +44,6 @@ pub fn rotate_hessian(hx: &[f64], cols: usize, block: usize, seed: u64) -> Vec<f
         }
     }
     t
-}
-
-/// x ← (x ⊙ s) · blockdiag(H_b/√b), in f64 (the f32 reference is `apply_hadamard_with_signs`).
-fn rotate_row64(x: &mut [f64], signs: &[f64], block: usize) {
-    for (v, s) in x.iter_mut().zip(signs) {
-        *v *= s;
-    }
-    let norm = 1.0 / (block as f64).sqrt();
-    for chunk in x.chunks_exact_mut(block) {
-        let mut h = 1;
-        while h < block {
-            for i in (0..block).step_by(2 * h) {
-                for j in i..i + h {
-                    let (a, b) = (chunk[j], chunk[j + h]);
-                    chunk[j] = a + b;
-                    chunk[j + h] = a - b;
-                }
-            }
-            h *= 2;
-        }
-        for v in chunk.iter_mut() {
-            *v *= norm;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -76,13 +76,34 @@ pub fn hadamard_signs(cols: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// The element types the transform runs in: f32 for weights and activations, f64 for the
+/// quantizer's Hessians.
+pub trait HadamardScalar:
+    Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::MulAssign
+{
+    /// 1/√block, computed in this type.
+    fn inv_sqrt(block: usize) -> Self;
+}
+
+impl HadamardScalar for f32 {
+    fn inv_sqrt(block: usize) -> f32 {
+        1.0 / (block as f32).sqrt()
+    }
+}
+
+impl HadamardScalar for f64 {
+    fn inv_sqrt(block: usize) -> f64 {
+        1.0 / (block as f64).sqrt()
+    }
+}
+
 /// x ← x·B for one row, given precomputed `signs` (x ← (x ⊙ s)·B); `block` a power of two.
-pub fn apply_hadamard_with_signs(x: &mut [f32], signs: &[f32], block: usize) {
+pub fn apply_hadamard_with_signs<T: HadamardScalar>(x: &mut [T], signs: &[T], block: usize) {
     debug_assert_eq!(x.len(), signs.len());
-    for (v, s) in x.iter_mut().zip(signs) {
+    for (v, &s) in x.iter_mut().zip(signs) {
         *v *= s;
     }
-    let norm = 1.0 / (block as f32).sqrt();
+    let norm = T::inv_sqrt(block);
     for chunk in x.chunks_exact_mut(block) {
         // in-place fast Walsh-Hadamard transform (natural / Sylvester order)
         let mut h = 1;
