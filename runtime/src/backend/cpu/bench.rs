@@ -422,3 +422,32 @@ fn bench_decode_270m() {
         let _ = &hf;
     }
 }
+
+/// Prefill (128) and decode (64) tokens/s of `.mixq` files or checkpoints, fast mode, medians
+/// of 5 after a warm-up: `MIXQ_BENCH_FILES=a.mixq,b.mixq cargo test ... bench_files`. The
+/// figure `mixq-run bench` gives, without the CLI (tokenizer, sampler) around it.
+#[test]
+#[ignore]
+fn bench_files() {
+    let files = std::env::var("MIXQ_BENCH_FILES").unwrap_or_default();
+    let (np, nd, reps) = (128, 64, 5);
+    for f in files.split(',').filter(|f| !f.is_empty()) {
+        let store = crate::weights::open_store(std::path::Path::new(f)).unwrap();
+        let m = crate::Gemma3::load(&*store, CpuBackend::fast(Some(THREADS)).unwrap()).unwrap();
+        speed(&m, np, nd);
+        let mut runs: Vec<(f64, f64)> = (0..reps).map(|_| speed(&m, np, nd)).collect();
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let mut pp: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let mut tg: Vec<f64> = runs.iter_mut().map(|r| r.1).collect();
+        eprintln!(
+            "{f}: pp{np} {:.1} t/s (min {:.1}), tg{nd} {:.2} t/s (min {:.2})",
+            med(&mut pp),
+            pp[0],
+            med(&mut tg),
+            tg[0]
+        );
+    }
+}

@@ -167,6 +167,27 @@ fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
 }
 
+/// Vectors up to this length are processed on the calling thread (a decode step's norms,
+/// RoPE and GELU): a fork-join costs more than the work.
+const SERIAL_LEN: usize = 16384;
+
+/// `f` over matching chunks of `a` and `b` of `chunk` values, in parallel only when there is
+/// more than one chunk: a decode step's vectors are too small to repay a fork-join.
+fn par_or_serial(
+    a: &mut [f32],
+    b: &[f32],
+    chunk: usize,
+    f: impl Fn(&mut [f32], &[f32]) + Sync + Send,
+) {
+    if a.len() <= chunk {
+        f(a, b);
+    } else {
+        a.par_chunks_mut(chunk)
+            .zip(b.par_chunks(chunk))
+            .for_each(|(a, b)| f(a, b));
+    }
+}
+
 /// A pointer to the output that row tasks write disjoint elements of.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -220,6 +241,97 @@ impl CpuBackend {
                     r0 += nr;
                 }
             });
+    }
+}
+
+/// Smallest batch the GEMM takes: below it, packing a tile costs more than the row kernels'
+/// per-token unpacking it saves.
+const GEMM_MIN_TOKENS: usize = 4;
+
+/// A thread's scratch tile for the GEMM.
+#[cfg(target_arch = "x86_64")]
+type Scratch = Option<kernels::gemm::Tile>;
+#[cfg(not(target_arch = "x86_64"))]
+type Scratch = Option<()>;
+
+impl CpuBackend {
+    /// The int8-activation path for weights sharing the input `x` (`n` tokens): each distinct
+    /// input (rotation, activation block) is quantized once, and every weight's rows go to one
+    /// parallel loop, so q/k/v or gate/up cost one fork-join instead of one each.
+    fn int8_matmuls(&self, ws: &[&CpuWeight], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+        assert_eq!(ws.len(), outs.len());
+        let mut acts: Vec<QAct> = Vec::new();
+        let mut act_of = Vec::with_capacity(ws.len());
+        for (i, w) in ws.iter().enumerate() {
+            assert!(outs[i].len() >= n * w.rows && x.len() >= n * w.cols);
+            let blk = kernels::act_block(w.qtype);
+            let same = (0..i).find(|&j| {
+                let v = ws[j];
+                v.cols == w.cols && kernels::act_block(v.qtype) == blk && v.rotation == w.rotation
+            });
+            act_of.push(match same {
+                Some(j) => act_of[j],
+                None => {
+                    acts.push(QAct::new(&w.input(&x[..n * w.cols]), n, w.cols, blk));
+                    acts.len() - 1
+                }
+            });
+        }
+        let outs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+        #[cfg(target_arch = "x86_64")]
+        let gemm = self.isa == Isa::Avx512Vnni && n >= GEMM_MIN_TOKENS;
+        #[cfg(not(target_arch = "x86_64"))]
+        let gemm = false;
+        // Work units (weight, first row, end row): whole tiles for the GEMM, row chunks for the
+        // row kernels; about 4 (GEMM) or 8 units per thread so both threads finish together.
+        let total: usize = ws.iter().map(|w| w.rows).sum();
+        let per_unit = if gemm {
+            (total / (self.threads * 4)).max(1).next_multiple_of(16)
+        } else {
+            (total / (self.threads * 8)).clamp(16, 1024)
+        };
+        let units: Vec<(usize, usize, usize)> = (ws.iter().enumerate())
+            .flat_map(|(j, w)| {
+                (0..w.rows)
+                    .step_by(per_unit)
+                    .map(move |r0| (j, r0, (r0 + per_unit).min(w.rows)))
+            })
+            .collect();
+        let isa = self.isa;
+        units.into_par_iter().for_each_init(
+            || -> Scratch { None },
+            |tile, (j, r0, r1)| {
+                let (w, a, out) = (ws[j], &acts[act_of[j]], outs[j]);
+                let bytes: &[u8] = &w.bytes;
+                let rb = w.row_bytes;
+                #[cfg(target_arch = "x86_64")]
+                if gemm {
+                    use kernels::gemm::{gemm_tile, Tile, TILE};
+                    let tile = match tile {
+                        Some(t) if Tile::fits(t, w.qtype, w.cols) => t,
+                        _ => tile.insert(Tile::new(w.qtype, w.cols)),
+                    };
+                    for t0 in (r0..r1).step_by(TILE) {
+                        let nr = (r1 - t0).min(TILE);
+                        tile.pack(bytes[t0 * rb..(t0 + nr) * rb].chunks_exact(rb));
+                        // SAFETY: ISA checked above; rows t0..t0 + nr of every token belong
+                        // to this unit only; out holds n * rows values.
+                        unsafe { gemm_tile(tile, nr, a, n, out.0.add(t0), w.rows) };
+                    }
+                    return;
+                }
+                let _ = tile;
+                let f = kernels::q_dot(isa, w.qtype).expect("quantized type");
+                for r in r0..r1 {
+                    let row = &bytes[r * rb..(r + 1) * rb];
+                    for t in 0..n {
+                        // SAFETY: ISA detected, row sizes validated at load; (t, r) is this
+                        // unit's only.
+                        unsafe { out.write(t * w.rows + r, f(row, a, t)) };
+                    }
+                }
+            },
+        );
     }
 }
 
@@ -301,42 +413,35 @@ impl Backend for CpuBackend {
     fn rms_norm(&self, x: &mut Vec<f32>, w: &CpuWeight, rows: usize, eps: f32) {
         let w = w.vector.as_deref().expect("norm weights are 1-D");
         let d = w.len();
-        x[..rows * d].par_chunks_mut(d).for_each(|row| {
+        let norm = |row: &mut [f32]| {
             // Accumulate in f64: the residual stream reaches values in the thousands.
             let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / d as f64;
             let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
             for (v, &g) in row.iter_mut().zip(w) {
                 *v = *v * inv * (1.0 + g);
             }
-        });
+        };
+        if rows * d <= SERIAL_LEN {
+            x[..rows * d].chunks_mut(d).for_each(norm);
+        } else {
+            x[..rows * d].par_chunks_mut(d).for_each(norm);
+        }
     }
 
     #[allow(clippy::needless_range_loop)]
     fn matmul(&self, w: &CpuWeight, x: &Vec<f32>, n: usize, out: &mut Vec<f32>) {
         let (rows, cols, isa) = (w.rows, w.cols, self.isa);
+        if w.qtype.is_quantized() && self.opts.int8_activations {
+            self.int8_matmuls(&[w], &x[..n * cols], n, &mut [&mut out[..n * rows]]);
+            return;
+        }
         let x = w.input(&x[..n * cols]);
         let x = &x[..];
         let out = &mut out[..n * rows];
         let xt = |t: usize| &x[t * cols..(t + 1) * cols];
         // SAFETY (all kernel calls below): the ISA was detected, row sizes validated at load,
         // activations hold n * cols values.
-        if w.qtype.is_quantized() && self.opts.int8_activations {
-            // Integer path: quantize the activations once, one integer dot per (row, token).
-            let a = QAct::new(x, n, cols, kernels::act_block(w.qtype));
-            let f = kernels::q_dot(isa, w.qtype).expect("quantized type");
-            self.for_rows(
-                rows,
-                n,
-                out,
-                || (),
-                |_, r0, nr, t, dst| {
-                    for i in 0..nr {
-                        dst[i] = unsafe { f(w.row(r0 + i), &a, t) };
-                    }
-                },
-                |_, _, _| {},
-            );
-        } else if !w.qtype.is_quantized() {
+        if !w.qtype.is_quantized() {
             // Float weights widen in registers; 4 rows share each activation load.
             let (f1, f4) = (kernels::f_dot(isa, w.qtype), kernels::f_dot4(isa, w.qtype));
             self.for_rows(
@@ -387,6 +492,34 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn matmul_many(&self, ws: &[&CpuWeight], x: &Vec<f32>, n: usize, outs: &mut [&mut Vec<f32>]) {
+        assert_eq!(ws.len(), outs.len(), "matmul_many: one output per weight");
+        if self.opts.int8_activations && ws.iter().all(|w| w.qtype.is_quantized()) {
+            let mut o: Vec<&mut [f32]> = (outs.iter_mut().zip(ws))
+                .map(|(o, w)| &mut o[..n * w.rows])
+                .collect();
+            self.int8_matmuls(ws, x, n, &mut o);
+        } else {
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                self.matmul(w, x, n, out);
+            }
+        }
+    }
+
+    fn gate_up(
+        &self,
+        gate_w: &CpuWeight,
+        up_w: &CpuWeight,
+        x: &Vec<f32>,
+        n: usize,
+        inter: usize,
+        gate: &mut Vec<f32>,
+        up: &mut Vec<f32>,
+    ) {
+        self.matmul_many(&[gate_w, up_w], x, n, &mut [&mut *gate, &mut *up]);
+        self.gelu_mul(gate, up, n * inter);
+    }
+
     fn rope(&self, x: &mut Vec<f32>, n: usize, p: RopeParams) {
         rope(&mut x[..n * p.heads * p.head_dim], p);
     }
@@ -404,14 +537,19 @@ impl Backend for CpuBackend {
     }
 
     fn gelu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) {
-        gate[..len]
-            .par_chunks_mut(4096)
-            .zip(up[..len].par_chunks(4096))
-            .for_each(|(g, u)| {
-                for (g, &u) in g.iter_mut().zip(u) {
-                    *g = gelu_tanh(*g) * u;
-                }
+        #[cfg(target_arch = "x86_64")]
+        if self.opts.int8_activations && self.isa == Isa::Avx512Vnni {
+            // SAFETY: the ISA was detected.
+            par_or_serial(&mut gate[..len], &up[..len], SERIAL_LEN, |g, u| unsafe {
+                kernels::x86::gelu_mul(g, u)
             });
+            return;
+        }
+        par_or_serial(&mut gate[..len], &up[..len], SERIAL_LEN, |g, u| {
+            for (g, &u) in g.iter_mut().zip(u) {
+                *g = gelu_tanh(*g) * u;
+            }
+        });
     }
 
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) {
@@ -431,6 +569,16 @@ impl Backend for CpuBackend {
 
 /// The `k` largest values as (index, value), largest first; ties keep the lower index first.
 pub fn top_k(x: &[f32], k: usize) -> Vec<(u32, f32)> {
+    if k == 1 && !x.is_empty() {
+        // greedy decoding, every token: one pass instead of an index vector of the vocabulary
+        let mut best = 0;
+        for (i, v) in x.iter().enumerate().skip(1) {
+            if v.total_cmp(&x[best]).is_gt() {
+                best = i;
+            }
+        }
+        return vec![(best as u32, x[best])];
+    }
     let k = k.min(x.len());
     let mut idx: Vec<u32> = (0..x.len() as u32).collect();
     let cmp = |a: &u32, b: &u32| x[*b as usize].total_cmp(&x[*a as usize]).then(a.cmp(b));
@@ -488,19 +636,24 @@ pub fn rope(x: &mut [f32], p: RopeParams) {
     let inv_freq: Vec<f32> = (0..half)
         .map(|j| 1.0 / p.base.powf((2 * j) as f32 / d as f32) / p.scale)
         .collect();
-    x.par_chunks_mut(p.heads * d)
-        .enumerate()
-        .for_each(|(t, tok)| {
-            let pos = (p.pos0 + t) as f32;
-            let (sin, cos): (Vec<f32>, Vec<f32>) =
-                inv_freq.iter().map(|&f| (pos * f).sin_cos()).unzip();
-            for head in tok.chunks_exact_mut(d) {
-                let (a, b) = head.split_at_mut(half);
-                for j in 0..half {
-                    let (x0, x1) = (a[j], b[j]);
-                    a[j] = x0 * cos[j] - x1 * sin[j];
-                    b[j] = x1 * cos[j] + x0 * sin[j];
-                }
+    let per_token = |(t, tok): (usize, &mut [f32])| {
+        let pos = (p.pos0 + t) as f32;
+        let (sin, cos): (Vec<f32>, Vec<f32>) =
+            inv_freq.iter().map(|&f| (pos * f).sin_cos()).unzip();
+        for head in tok.chunks_exact_mut(d) {
+            let (a, b) = head.split_at_mut(half);
+            for j in 0..half {
+                let (x0, x1) = (a[j], b[j]);
+                a[j] = x0 * cos[j] - x1 * sin[j];
+                b[j] = x1 * cos[j] + x0 * sin[j];
             }
-        });
+        }
+    };
+    if x.len() <= SERIAL_LEN {
+        x.chunks_mut(p.heads * d).enumerate().for_each(per_token);
+    } else {
+        x.par_chunks_mut(p.heads * d)
+            .enumerate()
+            .for_each(per_token);
+    }
 }

@@ -369,3 +369,50 @@ fn top_k_orders_and_breaks_ties_by_index() {
         vec![(4, 3.0), (1, 2.0), (2, 2.0)]
     );
 }
+
+/// The GEMM (tiles of 16 rows, blocks of 8 tokens) against the scalar integer kernels, which
+/// the test above ties to the reference: partial tiles (rows not a multiple of 16), token
+/// tails (n not a multiple of 8), and every quantized type at the Gemma widths.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn gemm_matches_the_scalar_integer_kernels() {
+    use kernels::gemm::{gemm_tile, Tile, TILE};
+    if !Isa::available().contains(&Isa::Avx512Vnni) {
+        eprintln!("no AVX-512 VNNI: GEMM not tested");
+        return;
+    }
+    for q in QType::ALL.into_iter().filter(|q| q.is_quantized()) {
+        for (rows, cols) in [(37, 128), (16, 640), (5, 2048), (33, 256)] {
+            let rb = q.row_bytes(cols).unwrap();
+            let bytes = quantized(q, rows, cols, 13 + rows as u64 + q as u64);
+            for n in [1, 7, 8, 13, 20] {
+                let mut x = rand_vec(n * cols, 17 + n as u64);
+                x[3] = -25.0;
+                let a = QAct::new(&x, n, cols, kernels::act_block(q));
+                let mut out = vec![f32::NAN; n * rows];
+                let mut tile = Tile::new(q, cols);
+                for r0 in (0..rows).step_by(TILE) {
+                    let nr = (rows - r0).min(TILE);
+                    tile.pack(bytes[r0 * rb..(r0 + nr) * rb].chunks_exact(rb));
+                    unsafe { gemm_tile(&tile, nr, &a, n, out.as_mut_ptr().add(r0), rows) };
+                }
+                let f = kernels::scalar::q_dot(q);
+                for t in 0..n {
+                    let xh = a.dequantized(t);
+                    for r in 0..rows {
+                        let row = &bytes[r * rb..(r + 1) * rb];
+                        let mut w = vec![0f32; cols];
+                        dequantize_row(q, row, &mut w).unwrap();
+                        let want = unsafe { f(row, &a, t) };
+                        let got = out[t * rows + r];
+                        assert!(
+                            (got - want).abs() <= 1e-5 * abs_dot(&w, &xh),
+                            "{} {rows}x{cols} n={n} t={t} r={r}: {got} vs {want}",
+                            q.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

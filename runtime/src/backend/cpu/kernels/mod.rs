@@ -17,6 +17,8 @@
 //!
 //! Dispatch: [`Isa::detect`] once, then a function pointer per matmul (`f_dot`, `q_dot`).
 
+#[cfg(target_arch = "x86_64")]
+pub mod gemm;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;

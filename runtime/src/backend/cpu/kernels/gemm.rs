@@ -1,0 +1,278 @@
+//! Prefill GEMM for quantized weights against int8 activations (AVX-512 VNNI on zmm).
+//!
+//! The row kernels ([`super::QDot`]) redo the weight unpacking and the per-group float work for
+//! every (row, token) pair, and each `vpdpbusd` lane sums 4 elements of *one* row, so a group's
+//! 16 lanes must be scaled before they can be summed: a float multiply-add per 64 MACs.
+//! Here a tile of [`TILE`] = 16 rows is unpacked once into u8 codes laid out *row-interleaved*,
+//! `[cols / 4][16 rows][4 elements]`, so one zmm holds 4 consecutive elements of 16 rows and
+//! `vpdpbusd` against 4 activation bytes broadcast to every lane accumulates 16 row sums at
+//! once. The per-group scale then costs 4 vector ops per 16 rows x 64 elements (1024 MACs),
+//! and each unpacked tile serves every token of the batch ([`TB`] tokens per register block).
+//!
+//! Every type reduces to `w = S * u + M` with unsigned codes `u`, per activation block `g`:
+//! `sum_k w x = S_g d_g sum(u q) + M_g dsum_g` (`d`, `dsum` from [`QAct`]):
+//! - I8_ASYM, I4_GROUPED: `S`, `M` are the group's scale and min.
+//! - I4_PER_CHANNEL: the row's scale and min in every group.
+//! - I8_SYM: `u = c + 128`, `M = -128 S`.
+//! - I2_STRUCTURED: the 4-bit sub-scale is folded into the code (`u = q sc <= 45`), `S = d`,
+//!   and the sub-group mins, `-dmin sum_s m_s sum16(q)`, come from a `vpdpwssd` of the mins
+//!   against the activation sums per 16 ([`QAct::s16`]).
+//!
+//! The integer sums are the scalar kernels' exactly; only the f32 accumulation order differs.
+
+#![allow(clippy::missing_safety_doc)] // callers check the ISA (Isa::Avx512Vnni) and shapes
+
+use super::QAct;
+use half::f16;
+use mixq_format::quant::QType;
+use std::arch::x86_64::*;
+
+/// Rows per tile: one zmm of i32 / f32 lanes.
+pub const TILE: usize = 16;
+/// Tokens per register block: 8 i32 and 8 f32 accumulators, each unpacked load feeds 8 dots.
+const TB: usize = 8;
+
+/// One tile of up to [`TILE`] rows of one weight, unpacked (reused across tiles by a thread).
+pub struct Tile {
+    qtype: QType,
+    cols: usize,
+    blk: usize,
+    /// u8 codes, `[cols / 4][TILE][4]`; rows past the weight's end are zero.
+    codes: Vec<u8>,
+    /// Per activation block: `TILE` scales `S`, then `TILE` offsets `M` (I2: `-dmin`).
+    sm: Vec<f32>,
+    /// I2 only, per super-block: sub-group mins in pairs, `[4][TILE][2]` i16 (the `vpdpwssd`
+    /// layout: lane r holds `(m_2p, m_2p+1)` of row r).
+    m16: Vec<i16>,
+    /// Scratch: the unpacked codes of one row, in order.
+    row: Vec<u8>,
+}
+
+fn h(b: &[u8], o: usize) -> f32 {
+    f16::from_le_bytes([b[o], b[o + 1]]).to_f32()
+}
+
+fn f(b: &[u8], o: usize) -> f32 {
+    f32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+impl Tile {
+    pub fn new(qtype: QType, cols: usize) -> Tile {
+        let blk = super::act_block(qtype);
+        let groups = cols / blk;
+        Tile {
+            qtype,
+            cols,
+            blk,
+            codes: vec![0; cols * TILE],
+            sm: vec![0.0; groups * 2 * TILE],
+            m16: if qtype == QType::I2Structured {
+                vec![0; groups * 8 * TILE]
+            } else {
+                Vec::new()
+            },
+            row: vec![0; cols],
+        }
+    }
+
+    /// Whether this scratch tile serves weights of type `q` and width `cols`.
+    pub fn fits(&self, q: QType, cols: usize) -> bool {
+        self.qtype == q && self.cols == cols
+    }
+
+    /// Unpacks `rows` (at most [`TILE`], each a stored row of this type and width).
+    pub fn pack<'r>(&mut self, rows: impl ExactSizeIterator<Item = &'r [u8]>) {
+        assert!(rows.len() <= TILE);
+        // Lanes past `rows.len()` keep stale values: lanes never mix, and their outputs are
+        // not stored.
+        for (r, row) in rows.enumerate() {
+            self.unpack_row(r, row);
+            // interleave: 4 codes of row r at [k4][r]
+            for (k4, c) in self.row.chunks_exact(4).enumerate() {
+                self.codes[(k4 * TILE + r) * 4..(k4 * TILE + r) * 4 + 4].copy_from_slice(c);
+            }
+        }
+    }
+
+    /// Codes of one row into `self.row`, and its parameters into lane `r` of `sm` / `m16`.
+    fn unpack_row(&mut self, r: usize, row: &[u8]) {
+        let cols = self.cols;
+        let groups = cols / self.blk;
+        let (sm, out) = (&mut self.sm, &mut self.row);
+        let mut set = |g: usize, s: f32, m: f32| {
+            sm[g * 2 * TILE + r] = s;
+            sm[(g * 2 + 1) * TILE + r] = m;
+        };
+        match self.qtype {
+            QType::I8Asym => {
+                for g in 0..groups {
+                    set(g, h(row, 4 * g), h(row, 4 * g + 2));
+                }
+                out.copy_from_slice(&row[4 * groups..4 * groups + cols]);
+            }
+            QType::I8Sym => {
+                for g in 0..groups {
+                    let s = h(row, 2 * g);
+                    set(g, s, -128.0 * s);
+                }
+                for (o, &c) in out.iter_mut().zip(&row[2 * groups..]) {
+                    *o = c ^ 0x80;
+                }
+            }
+            QType::I4Grouped | QType::I4PerChannel => {
+                let (p, per_row) = match self.qtype {
+                    QType::I4Grouped => (4 * groups, None),
+                    _ => (8, Some((f(row, 0), f(row, 4)))),
+                };
+                for g in 0..groups {
+                    let (s, m) = per_row.unwrap_or_else(|| (h(row, 4 * g), h(row, 4 * g + 2)));
+                    set(g, s, m);
+                }
+                for (c, o) in row[p..p + cols / 2]
+                    .chunks_exact(32)
+                    .zip(out.chunks_exact_mut(64))
+                {
+                    for j in 0..32 {
+                        o[j] = c[j] & 15;
+                        o[j + 32] = c[j] >> 4;
+                    }
+                }
+            }
+            QType::I2Structured => {
+                let codes = &row[12 * groups..];
+                for sb in 0..groups {
+                    let p = &row[12 * sb..12 * sb + 12];
+                    set(sb, h(p, 0), -h(p, 2));
+                    for s in 0..8 {
+                        let (sc, m) = (p[4 + s] & 15, p[4 + s] >> 4);
+                        self.m16[((sb * 4 + s / 2) * TILE + r) * 2 + s % 2] = m as i16;
+                        for j in 0..16 {
+                            let k = 16 * s + j;
+                            let q = (codes[32 * sb + k % 32] >> (2 * (k / 32))) & 3;
+                            out[128 * sb + k] = q * sc;
+                        }
+                    }
+                }
+            }
+            q => unreachable!("{} has no integer GEMM", q.name()),
+        }
+    }
+}
+
+/// `out[t * ld + i] = sum_k w[i, k] x[t, k]` for the tile's `nr` rows and tokens `0..n` of `a`
+/// (quantized with this type's block).
+pub unsafe fn gemm_tile(tile: &Tile, nr: usize, a: &QAct, n: usize, out: *mut f32, ld: usize) {
+    debug_assert!(a.blk == tile.blk && a.cols == tile.cols && nr <= TILE);
+    let mut t0 = 0;
+    while t0 < n {
+        let m = (n - t0).min(TB);
+        let o = out.add(t0 * ld);
+        match m {
+            8 => block::<8>(tile, nr, a, t0, o, ld),
+            7 => block::<7>(tile, nr, a, t0, o, ld),
+            6 => block::<6>(tile, nr, a, t0, o, ld),
+            5 => block::<5>(tile, nr, a, t0, o, ld),
+            4 => block::<4>(tile, nr, a, t0, o, ld),
+            3 => block::<3>(tile, nr, a, t0, o, ld),
+            2 => block::<2>(tile, nr, a, t0, o, ld),
+            _ => block::<1>(tile, nr, a, t0, o, ld),
+        }
+        t0 += m;
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn block<const T: usize>(
+    tile: &Tile,
+    nr: usize,
+    a: &QAct,
+    t0: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    let acc = if tile.qtype == QType::I2Structured {
+        block_i2::<T>(tile, a, t0)
+    } else {
+        block_affine::<T>(tile, a, t0)
+    };
+    let mask: __mmask16 = if nr >= TILE { !0 } else { (1u16 << nr) - 1 };
+    for (t, v) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(out.add(t * ld), mask, *v);
+    }
+}
+
+/// Integer sums of one activation block for `T` tokens: `B / 4` steps of one unpacked zmm
+/// against 4 broadcast activation bytes per token.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn isums<const T: usize>(w: *const u8, steps: usize, x: [*const u8; T]) -> [__m512i; T] {
+    let mut acc = [_mm512_setzero_si512(); T];
+    for kk in 0..steps {
+        let wv = _mm512_loadu_si512(w.add(kk * 64) as *const _);
+        for t in 0..T {
+            let xv = _mm512_set1_epi32(std::ptr::read_unaligned(x[t].add(4 * kk) as *const i32));
+            acc[t] = _mm512_dpbusd_epi32(acc[t], wv, xv);
+        }
+    }
+    acc
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn block_affine<const T: usize>(tile: &Tile, a: &QAct, t0: usize) -> [__m512; T] {
+    let (cols, blk) = (tile.cols, tile.blk);
+    let groups = cols / blk;
+    let xq = a.q.as_ptr() as *const u8;
+    let mut facc = [_mm512_setzero_ps(); T];
+    for g in 0..groups {
+        let x: [*const u8; T] = std::array::from_fn(|t| xq.add((t0 + t) * cols + g * blk));
+        let acc = isums::<T>(tile.codes.as_ptr().add(g * blk * TILE), blk / 4, x);
+        let sm = tile.sm.as_ptr().add(g * 2 * TILE);
+        let (s, m) = (_mm512_loadu_ps(sm), _mm512_loadu_ps(sm.add(TILE)));
+        for t in 0..T {
+            let b = (t0 + t) * groups + g;
+            let y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[t]), s);
+            facc[t] = _mm512_fmadd_ps(y, _mm512_set1_ps(*a.d.get_unchecked(b)), facc[t]);
+            facc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(*a.dsum.get_unchecked(b)), facc[t]);
+        }
+    }
+    facc
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn block_i2<const T: usize>(tile: &Tile, a: &QAct, t0: usize) -> [__m512; T] {
+    let cols = tile.cols;
+    let nsb = cols / 128;
+    let xq = a.q.as_ptr() as *const u8;
+    let s16 = a.s16.as_ptr();
+    let mut facc = [_mm512_setzero_ps(); T];
+    for sb in 0..nsb {
+        let x: [*const u8; T] = std::array::from_fn(|t| xq.add((t0 + t) * cols + sb * 128));
+        let acc = isums::<T>(tile.codes.as_ptr().add(sb * 128 * TILE), 32, x);
+        // sum_s m_s sum16(q) per row, as i32 (|.| <= 8 * 15 * 16 * 127)
+        let mut mins = [_mm512_setzero_si512(); T];
+        for p in 0..4 {
+            let mv = _mm512_loadu_si512(tile.m16.as_ptr().add((sb * 4 + p) * TILE * 2) as *const _);
+            for t in 0..T {
+                let sv = std::ptr::read_unaligned(
+                    s16.add((t0 + t) * cols / 16 + 8 * sb + 2 * p) as *const i32
+                );
+                mins[t] = _mm512_dpwssd_epi32(mins[t], mv, _mm512_set1_epi32(sv));
+            }
+        }
+        let sm = tile.sm.as_ptr().add(sb * 2 * TILE);
+        let (s, m) = (_mm512_loadu_ps(sm), _mm512_loadu_ps(sm.add(TILE)));
+        for t in 0..T {
+            let y = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(mins[t]),
+                m,
+                _mm512_mul_ps(_mm512_cvtepi32_ps(acc[t]), s),
+            );
+            let dx = *a.d.get_unchecked((t0 + t) * nsb + sb);
+            facc[t] = _mm512_fmadd_ps(y, _mm512_set1_ps(dx), facc[t]);
+        }
+    }
+    facc
+}
