@@ -426,6 +426,7 @@ fn bench_decode_270m() {
 /// Prefill (128) and decode (64) tokens/s of `.mixq` files or checkpoints, fast mode, medians
 /// of 5 after a warm-up: `MIXQ_BENCH_FILES=a.mixq,b.mixq cargo test ... bench_files`. The
 /// figure `mixq-run bench` gives, without the CLI (tokenizer, sampler) around it.
+/// `MIXQ_BENCH_PROFILE=1` adds one run with per-op wall times.
 #[test]
 #[ignore]
 fn bench_files() {
@@ -449,5 +450,12 @@ fn bench_files() {
             med(&mut tg),
             tg[0]
         );
+        if std::env::var_os("MIXQ_BENCH_PROFILE").is_some() {
+            m.backend.reset_report();
+            m.backend.set_profiling(true);
+            speed(&m, np, nd);
+            m.backend.set_profiling(false);
+            eprintln!("{}", m.backend.report().unwrap_or_default());
+        }
     }
 }

@@ -69,6 +69,40 @@ pub struct CpuBackend {
     threads: usize,
     isa: Isa,
     opts: CpuOptions,
+    prof: Profile,
+}
+
+/// Wall time per op while `bench --profile` asks for it (every op is synchronous on the CPU,
+/// so the caller's clock is the op's time).
+#[derive(Default)]
+struct Profile {
+    on: std::sync::atomic::AtomicBool,
+    ops: std::sync::Mutex<std::collections::BTreeMap<String, (f64, u64)>>,
+}
+
+/// Records the time from its creation to its drop under its name (profiling on only).
+struct ProfScope<'a>(Option<(&'a Profile, String, std::time::Instant)>);
+
+impl Drop for ProfScope<'_> {
+    fn drop(&mut self) {
+        if let Some((p, name, t)) = self.0.take() {
+            let mut ops = p.ops.lock().unwrap();
+            let e = ops.entry(name).or_default();
+            e.0 += t.elapsed().as_secs_f64();
+            e.1 += 1;
+        }
+    }
+}
+
+impl Profile {
+    fn scope(&self, name: impl FnOnce() -> String) -> ProfScope<'_> {
+        use std::sync::atomic::Ordering::Relaxed;
+        ProfScope(
+            self.on
+                .load(Relaxed)
+                .then(|| (self, name(), std::time::Instant::now())),
+        )
+    }
 }
 
 impl CpuBackend {
@@ -104,6 +138,7 @@ impl CpuBackend {
             threads: rayon::current_num_threads().min(threads),
             isa,
             opts,
+            prof: Profile::default(),
         })
     }
 
@@ -259,6 +294,13 @@ impl CpuBackend {
     /// input (rotation, activation block) is quantized once, and every weight's rows go to one
     /// parallel loop, so q/k/v or gate/up cost one fork-join instead of one each.
     fn int8_matmuls(&self, ws: &[&CpuWeight], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+        let _p = self.prof.scope(|| {
+            let names: Vec<String> = ws
+                .iter()
+                .map(|w| format!("{} {}x{}", w.qtype.name(), w.rows, w.cols))
+                .collect();
+            format!("matmul n={} {}", n.min(2), names.join(" + "))
+        });
         assert_eq!(ws.len(), outs.len());
         let mut acts: Vec<QAct> = Vec::new();
         let mut act_of = Vec::with_capacity(ws.len());
@@ -388,6 +430,7 @@ impl Backend for CpuBackend {
     }
 
     fn download(&self, buf: &Vec<f32>, len: usize) -> Vec<f32> {
+        let _p = self.prof.scope(|| "download".into());
         buf[..len].to_vec()
     }
 
@@ -400,6 +443,7 @@ impl Backend for CpuBackend {
     }
 
     fn embed(&self, table: &CpuWeight, ids: &[u32], scale: f32, out: &mut Vec<f32>) {
+        let _p = self.prof.scope(|| "embed".into());
         let d = table.cols;
         let dec = kernels::decode(self.isa, table.qtype);
         for (i, &id) in ids.iter().enumerate() {
@@ -411,6 +455,7 @@ impl Backend for CpuBackend {
     }
 
     fn rms_norm(&self, x: &mut Vec<f32>, w: &CpuWeight, rows: usize, eps: f32) {
+        let _p = self.prof.scope(|| format!("rms_norm rows={}", rows.min(2)));
         let w = w.vector.as_deref().expect("norm weights are 1-D");
         let d = w.len();
         let norm = |row: &mut [f32]| {
@@ -435,6 +480,9 @@ impl Backend for CpuBackend {
             self.int8_matmuls(&[w], &x[..n * cols], n, &mut [&mut out[..n * rows]]);
             return;
         }
+        let _p = self
+            .prof
+            .scope(|| format!("matmul n={} {} {rows}x{cols}", n.min(2), w.qtype.name()));
         let x = w.input(&x[..n * cols]);
         let x = &x[..];
         let out = &mut out[..n * rows];
@@ -521,6 +569,7 @@ impl Backend for CpuBackend {
     }
 
     fn rope(&self, x: &mut Vec<f32>, n: usize, p: RopeParams) {
+        let _p = self.prof.scope(|| "rope".into());
         rope(&mut x[..n * p.heads * p.head_dim], p);
     }
 
@@ -533,10 +582,12 @@ impl Backend for CpuBackend {
         out: &mut Vec<f32>,
         p: AttnParams,
     ) {
+        let _p = self.prof.scope(|| format!("attention n={}", p.n.min(2)));
         kv::attention(self.isa, kv, q, k, v, out, p);
     }
 
     fn gelu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) {
+        let _p = self.prof.scope(|| "gelu_mul".into());
         #[cfg(target_arch = "x86_64")]
         if self.opts.int8_activations && self.isa == Isa::Avx512Vnni {
             // SAFETY: the ISA was detected.
@@ -553,16 +604,50 @@ impl Backend for CpuBackend {
     }
 
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) {
+        let _p = self.prof.scope(|| "add".into());
         for (a, b) in x[..len].iter_mut().zip(&y[..len]) {
             *a += b;
         }
     }
 
     fn copy(&self, src: &Vec<f32>, src_offset: usize, dst: &mut Vec<f32>, len: usize) {
+        let _p = self.prof.scope(|| "copy".into());
         dst[..len].copy_from_slice(&src[src_offset..src_offset + len]);
     }
 
+    fn report(&self) -> Option<String> {
+        let ops = self.prof.ops.lock().unwrap();
+        if ops.is_empty() {
+            return None;
+        }
+        let total: f64 = ops.values().map(|v| v.0).sum();
+        let mut rows: Vec<_> = ops.iter().collect();
+        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        let mut out = format!(
+            "cpu ops, wall time (n=2 stands for any batch > 1): {:.1} ms\n",
+            total * 1e3
+        );
+        for (name, (t, calls)) in rows {
+            out += &format!(
+                "  {:>9.2} ms {:>5.1}% {calls:>7} calls {:>9.1} us/call  {name}\n",
+                t * 1e3,
+                100.0 * t / total,
+                t * 1e6 / *calls as f64
+            );
+        }
+        Some(out)
+    }
+
+    fn reset_report(&self) {
+        self.prof.ops.lock().unwrap().clear();
+    }
+
+    fn set_profiling(&self, on: bool) {
+        self.prof.on.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn top_k(&self, x: &Vec<f32>, len: usize, k: usize) -> Vec<(u32, f32)> {
+        let _p = self.prof.scope(|| "top_k".into());
         top_k(&x[..len], k)
     }
 }

@@ -44,8 +44,8 @@ pub struct Tile {
     /// I2 only, per super-block: sub-group mins in pairs, `[4][TILE][2]` i16 (the `vpdpwssd`
     /// layout: lane r holds `(m_2p, m_2p+1)` of row r).
     m16: Vec<i16>,
-    /// Scratch: the unpacked codes of one row, in order.
-    row: Vec<u8>,
+    /// Scratch: the unpacked codes of the tile's rows, row-major `[TILE][cols]`.
+    rows: Vec<u8>,
 }
 
 fn h(b: &[u8], o: usize) -> f32 {
@@ -71,7 +71,7 @@ impl Tile {
             } else {
                 Vec::new()
             },
-            row: vec![0; cols],
+            rows: vec![0; TILE * cols],
         }
     }
 
@@ -87,18 +87,41 @@ impl Tile {
         // not stored.
         for (r, row) in rows.enumerate() {
             self.unpack_row(r, row);
-            // interleave: 4 codes of row r at [k4][r]
-            for (k4, c) in self.row.chunks_exact(4).enumerate() {
-                self.codes[(k4 * TILE + r) * 4..(k4 * TILE + r) * 4 + 4].copy_from_slice(c);
+        }
+        // SAFETY: callers of this module run on AVX-512 (module doc).
+        unsafe { self.interleave() };
+    }
+
+    /// `rows` `[row][k]` -> `codes` `[k / 4][row][k % 4]`: a 16 x 16 transpose of dwords per
+    /// 64 columns.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn interleave(&mut self) {
+        let cols = self.cols;
+        let full = cols / 64 * 64;
+        for c in (0..full).step_by(64) {
+            let mut v = [_mm512_setzero_si512(); TILE];
+            for (r, x) in v.iter_mut().enumerate() {
+                *x = _mm512_loadu_si512(self.rows.as_ptr().add(r * cols + c) as *const _);
+            }
+            transpose16(&mut v);
+            for (k, x) in v.iter().enumerate() {
+                _mm512_storeu_si512(self.codes.as_mut_ptr().add(c * TILE + k * 64) as *mut _, *x);
+            }
+        }
+        for k4 in full / 4..cols / 4 {
+            for r in 0..TILE {
+                let (o, i) = ((k4 * TILE + r) * 4, r * cols + 4 * k4);
+                self.codes[o..o + 4].copy_from_slice(&self.rows[i..i + 4]);
             }
         }
     }
 
-    /// Codes of one row into `self.row`, and its parameters into lane `r` of `sm` / `m16`.
+    /// Codes of one row into row `r` of `self.rows`, its parameters into lane `r` of `sm` /
+    /// `m16`.
     fn unpack_row(&mut self, r: usize, row: &[u8]) {
         let cols = self.cols;
         let groups = cols / self.blk;
-        let (sm, out) = (&mut self.sm, &mut self.row);
+        let (sm, out) = (&mut self.sm, &mut self.rows[r * cols..(r + 1) * cols]);
         let mut set = |g: usize, s: f32, m: f32| {
             sm[g * 2 * TILE + r] = s;
             sm[(g * 2 + 1) * TILE + r] = m;
@@ -156,6 +179,37 @@ impl Tile {
             }
             q => unreachable!("{} has no integer GEMM", q.name()),
         }
+    }
+}
+
+/// Transposes 16 x 16 dwords in place (`v[r]` lane `k` becomes `v[k]` lane `r`): 32- and
+/// 64-bit interleaves within 128-bit lanes, then two rounds of 128-bit lane shuffles.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(v: &mut [__m512i; TILE]) {
+    let mut t = [_mm512_setzero_si512(); TILE];
+    for p in 0..8 {
+        t[2 * p] = _mm512_unpacklo_epi32(v[2 * p], v[2 * p + 1]);
+        t[2 * p + 1] = _mm512_unpackhi_epi32(v[2 * p], v[2 * p + 1]);
+    }
+    // u[4q + j], lane L: rows 4q..4q + 3 of column 4L + j
+    let mut u = [_mm512_setzero_si512(); TILE];
+    for q in 0..4 {
+        let (a, b, c, d) = (t[4 * q], t[4 * q + 1], t[4 * q + 2], t[4 * q + 3]);
+        u[4 * q] = _mm512_unpacklo_epi64(a, c);
+        u[4 * q + 1] = _mm512_unpackhi_epi64(a, c);
+        u[4 * q + 2] = _mm512_unpacklo_epi64(b, d);
+        u[4 * q + 3] = _mm512_unpackhi_epi64(b, d);
+    }
+    for j in 0..4 {
+        let lo0 = _mm512_shuffle_i32x4::<0x44>(u[j], u[4 + j]);
+        let hi0 = _mm512_shuffle_i32x4::<0xEE>(u[j], u[4 + j]);
+        let lo1 = _mm512_shuffle_i32x4::<0x44>(u[8 + j], u[12 + j]);
+        let hi1 = _mm512_shuffle_i32x4::<0xEE>(u[8 + j], u[12 + j]);
+        v[j] = _mm512_shuffle_i32x4::<0x88>(lo0, lo1);
+        v[4 + j] = _mm512_shuffle_i32x4::<0xDD>(lo0, lo1);
+        v[8 + j] = _mm512_shuffle_i32x4::<0x88>(hi0, hi1);
+        v[12 + j] = _mm512_shuffle_i32x4::<0xDD>(hi0, hi1);
     }
 }
 
