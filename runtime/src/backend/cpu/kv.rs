@@ -164,6 +164,88 @@ pub(super) fn attention(
         }
     };
     let q_dim = p.heads * d;
+    #[cfg(target_arch = "x86_64")]
+    if let (Isa::Avx512Vnni, KvData::F16(kc), KvData::F16(vc), 0) =
+        (isa, &cache.k, &cache.v, d % 64)
+    {
+        // Work items (token, KV head); the query heads of a group share each K/V row load.
+        let items = p.n * p.kv_heads;
+        let outp = avx512::Ptr(out.as_mut_ptr());
+        let item = |scores: &mut Vec<f32>, i: usize| {
+            let (t, kvh) = (i / p.kv_heads, i % p.kv_heads);
+            let pos = p.pos0 + t;
+            let first = match p.window {
+                Some(w) => (pos + 1).saturating_sub(w),
+                None => 0,
+            };
+            let at = |kp: usize| -> (bool, usize) { row(kp, kvh) };
+            let keys = |j: usize| match at(first + j) {
+                (true, o) => avx512::Row::F16(kc[o..o + d].as_ptr()),
+                (false, o) => avx512::Row::F32(k[o..o + d].as_ptr()),
+            };
+            let vals = |j: usize| match at(first + j) {
+                (true, o) => avx512::Row::F16(vc[o..o + d].as_ptr()),
+                (false, o) => avx512::Row::F32(v[o..o + d].as_ptr()),
+            };
+            for h0 in (0..group).step_by(avx512::HEADS) {
+                let hs = kvh * group + h0..kvh * group + (h0 + avx512::HEADS).min(group);
+                let at_h = |h: usize| t * q_dim + h * d;
+                let qs: Vec<*const f32> = hs
+                    .clone()
+                    .map(|h| q[at_h(h)..at_h(h) + d].as_ptr())
+                    .collect();
+                // SAFETY: (t, h) output rows are this item's only; ISA checked above; every
+                // row pointer holds d values.
+                unsafe {
+                    let outs: Vec<*mut f32> = hs.map(|h| outp.add(at_h(h))).collect();
+                    avx512::group(
+                        &qs,
+                        &outs,
+                        pos + 1 - first,
+                        &keys,
+                        &vals,
+                        d,
+                        p.scale,
+                        p.softcap,
+                        scores,
+                    );
+                }
+            }
+        };
+        if items == 1 {
+            item(&mut Vec::new(), 0);
+        } else {
+            (0..items)
+                .into_par_iter()
+                .for_each_init(Vec::new, |s, i| item(s, i));
+        }
+    } else {
+        attention_rows(isa, cache, q, &keys, &vals, out, p, &row, cdot, bdot, cdec);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    attention_rows(isa, cache, q, &keys, &vals, out, p, &row, cdot, bdot, cdec);
+    append(kv, k, v, p);
+}
+
+/// The portable attention: one task per (token, query head), one dot per key.
+#[allow(clippy::too_many_arguments)]
+fn attention_rows(
+    _isa: Isa,
+    cache: &CpuKv,
+    q: &[f32],
+    keys: &Rows,
+    vals: &Rows,
+    out: &mut [f32],
+    p: AttnParams,
+    row: &(dyn Fn(usize, usize) -> (bool, usize) + Sync),
+    cdot: FDot,
+    bdot: FDot,
+    cdec: Decode,
+) {
+    let d = p.head_dim;
+    let group = p.heads / p.kv_heads;
+    let q_dim = p.heads * d;
+    let _ = cache;
     out[..p.n * q_dim]
         .par_chunks_mut(d)
         .enumerate()
@@ -217,7 +299,11 @@ pub(super) fn attention(
                 }
             },
         );
-    // Append this batch; a ring keeps only its last `window` positions.
+}
+
+/// Appends this batch to the cache; a ring keeps only its last `window` positions.
+fn append(kv: &mut CpuKv, k: &[f32], v: &[f32], p: AttnParams) {
+    let kv_dim = p.kv_heads * p.head_dim;
     for t in 0..p.n {
         let pos = p.pos0 + t;
         if let Some(w) = kv.window {
@@ -236,4 +322,123 @@ pub(super) fn attention(
         kv.v.write(s, &v[t * kv_dim..(t + 1) * kv_dim]);
     }
     kv.len = p.pos0 + p.n;
+}
+
+/// The attention kernel of the fast mode (f16 cache) on AVX-512: the query heads of a GQA group
+/// read each key and value row once, 16 dimensions per vector, and the softmax uses a vector exp.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::super::kernels::x86::exp16;
+    use std::arch::x86_64::*;
+
+    /// Query heads per pass: 4 heads x 64 dimensions of output accumulators fill 16 registers.
+    pub const HEADS: usize = 4;
+
+    /// The output base, shared by the tasks that write disjoint rows of it.
+    #[derive(Clone, Copy)]
+    pub struct Ptr(pub *mut f32);
+    unsafe impl Send for Ptr {}
+    unsafe impl Sync for Ptr {}
+
+    impl Ptr {
+        /// # Safety
+        /// `i` is in bounds of the output.
+        pub unsafe fn add(self, i: usize) -> *mut f32 {
+            self.0.add(i)
+        }
+    }
+
+    /// One key or value row: f16 from the cache, f32 from this batch.
+    #[derive(Clone, Copy)]
+    pub enum Row {
+        F16(*const u16),
+        F32(*const f32),
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn ld(r: Row, i: usize) -> __m512 {
+        match r {
+            Row::F16(p) => _mm512_cvtph_ps(_mm256_loadu_si256(p.add(i) as *const __m256i)),
+            Row::F32(p) => _mm512_loadu_ps(p.add(i)),
+        }
+    }
+
+    /// Attention of the query heads `qs` (at most [`HEADS`], `d` values each) over the `len`
+    /// rows `keys(j)` / `vals(j)`, into `outs`. `d` is a multiple of 64.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn group(
+        qs: &[*const f32],
+        outs: &[*mut f32],
+        len: usize,
+        keys: &dyn Fn(usize) -> Row,
+        vals: &dyn Fn(usize) -> Row,
+        d: usize,
+        scale: f32,
+        softcap: Option<f32>,
+        scores: &mut Vec<f32>,
+    ) {
+        let g = qs.len();
+        debug_assert!(g <= HEADS && outs.len() == g && d % 64 == 0);
+        scores.resize(g * len, 0.0);
+        for j in 0..len {
+            let k = keys(j);
+            let mut acc = [_mm512_setzero_ps(); HEADS];
+            for i in (0..d).step_by(16) {
+                let kv = ld(k, i);
+                for h in 0..g {
+                    acc[h] = _mm512_fmadd_ps(kv, _mm512_loadu_ps(qs[h].add(i)), acc[h]);
+                }
+            }
+            for h in 0..g {
+                let s = _mm512_reduce_add_ps(acc[h]) * scale;
+                scores[h * len + j] = match softcap {
+                    Some(c) => (s / c).tanh() * c,
+                    None => s,
+                };
+            }
+        }
+        for h in 0..g {
+            let sc = scores[h * len..(h + 1) * len].as_mut_ptr();
+            let max = _mm512_set1_ps(
+                std::slice::from_raw_parts(sc, len)
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
+            );
+            let mut sum = 0f32;
+            for j in (0..len).step_by(16) {
+                let m: __mmask16 = if len - j >= 16 {
+                    !0
+                } else {
+                    (1 << (len - j)) - 1
+                };
+                let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc.add(j)), max));
+                _mm512_mask_storeu_ps(sc.add(j), m, e);
+                sum += _mm512_mask_reduce_add_ps(m, e);
+            }
+            let inv = 1.0 / sum;
+            for j in 0..len {
+                *sc.add(j) *= inv;
+            }
+        }
+        for i in (0..d).step_by(64) {
+            let mut acc = [[_mm512_setzero_ps(); 4]; HEADS];
+            for j in 0..len {
+                let r = vals(j);
+                let vv = [ld(r, i), ld(r, i + 16), ld(r, i + 32), ld(r, i + 48)];
+                for h in 0..g {
+                    let w = _mm512_set1_ps(*scores.get_unchecked(h * len + j));
+                    for c in 0..4 {
+                        acc[h][c] = _mm512_fmadd_ps(w, vv[c], acc[h][c]);
+                    }
+                }
+            }
+            for h in 0..g {
+                for c in 0..4 {
+                    _mm512_storeu_ps(outs[h].add(i + 16 * c), acc[h][c]);
+                }
+            }
+        }
+    }
 }

@@ -266,7 +266,16 @@ fn attention_runs(
     window: Option<usize>,
     split: usize,
 ) -> (Vec<f32>, Vec<f32>, CpuKv) {
-    let (heads, kv_heads, d, n) = (2, 1, 4, 11);
+    attention_runs_shaped(be, window, split, (2, 1, 4, 11))
+}
+
+/// [`attention_runs`] with `(heads, kv_heads, head_dim, tokens)`.
+fn attention_runs_shaped(
+    be: &CpuBackend,
+    window: Option<usize>,
+    split: usize,
+    (heads, kv_heads, d, n): (usize, usize, usize, usize),
+) -> (Vec<f32>, Vec<f32>, CpuKv) {
     let q = rand_vec(n * heads * d, 1);
     let k = rand_vec(n * kv_heads * d, 2);
     let v = rand_vec(n * kv_heads * d, 3);
@@ -362,8 +371,42 @@ fn f16_kv_matches_f32_kv() {
     }
 }
 
+/// The fast mode's attention kernel (AVX-512, head_dim a multiple of 64; GQA groups of 4 and
+/// of 6, which takes two passes) against the exact mode's, batched and through the f16 cache.
+#[test]
+fn fast_attention_matches_exact() {
+    let exact = CpuBackend::new(Some(2)).unwrap();
+    let fast = CpuBackend::fast(Some(2)).unwrap();
+    for shape in [(4, 1, 256, 21), (12, 2, 64, 9), (2, 2, 128, 5)] {
+        for window in [Some(4), Some(16), None] {
+            let (want, _, _) = attention_runs_shaped(&exact, window, 3, shape);
+            let (batched, pieces, _) = attention_runs_shaped(&fast, window, 3, shape);
+            let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
+            let err = |got: &[f32]| {
+                got.iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f32>()
+                    .sqrt()
+            };
+            // batched: f32 keys on both sides, only the exp and summation order differ
+            assert!(
+                err(&batched) <= 1e-5 * norm,
+                "{shape:?} {window:?}: batched {} vs norm {norm}",
+                err(&batched)
+            );
+            assert!(
+                err(&pieces) <= 2e-3 * norm,
+                "{shape:?} {window:?}: f16 cache {} vs norm {norm}",
+                err(&pieces)
+            );
+        }
+    }
+}
+
 #[test]
 fn top_k_orders_and_breaks_ties_by_index() {
+    assert_eq!(top_k(&[0.5, 3.0, 3.0, -1.0], 1), vec![(1, 3.0)]);
     assert_eq!(
         top_k(&[0.5, 2.0, 2.0, -1.0, 3.0], 3),
         vec![(4, 3.0), (1, 2.0), (2, 2.0)]
@@ -417,5 +460,28 @@ fn gemm_matches_the_scalar_integer_kernels() {
                 }
             }
         }
+    }
+}
+
+/// The vector GELU (exp-based tanh) against the libm one, including a scalar tail.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vector_gelu_matches_tanh_gelu() {
+    if !Isa::available().contains(&Isa::Avx512Vnni) {
+        return;
+    }
+    let n = 1003;
+    let x: Vec<f32> = (0..n).map(|i| (i as f32 - 500.0) * 0.03).collect();
+    let u = rand_vec(n, 5);
+    let mut g = x.clone();
+    unsafe { kernels::x86::gelu_mul(&mut g, &u) };
+    for i in 0..n {
+        let want = gelu_tanh(x[i]) * u[i];
+        assert!(
+            (g[i] - want).abs() <= 2e-6 * (x[i] * u[i]).abs() + 1e-7,
+            "x = {}: {} vs {want}",
+            x[i],
+            g[i]
+        );
     }
 }

@@ -540,7 +540,7 @@ int_kernels!(
 /// polynomial on |r| <= ln2 / 2 (relative error ~2e-7).
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn exp16(v: __m512) -> __m512 {
+pub(crate) unsafe fn exp16(v: __m512) -> __m512 {
     let v = _mm512_min_ps(
         _mm512_max_ps(v, _mm512_set1_ps(-87.0)),
         _mm512_set1_ps(87.0),
