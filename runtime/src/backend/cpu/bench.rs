@@ -423,15 +423,16 @@ fn bench_decode_270m() {
     }
 }
 
-/// Prefill (128) and decode (64) tokens/s of `.mixq` files or checkpoints, fast mode, medians
-/// of 5 after a warm-up: `MIXQ_BENCH_FILES=a.mixq,b.mixq cargo test ... bench_files`. The
+/// Prefill (128) and decode (64) tokens/s of `.mixq` files or checkpoints, fast mode, median
+/// (min .. max) of `MIXQ_BENCH_REPS` (5) runs after a warm-up: `MIXQ_BENCH_FILES=a.mixq,b.mixq cargo test ... bench_files`. The
 /// figure `mixq-run bench` gives, without the CLI (tokenizer, sampler) around it.
 /// `MIXQ_BENCH_PROFILE=1` adds one run with per-op wall times.
 #[test]
 #[ignore]
 fn bench_files() {
     let files = std::env::var("MIXQ_BENCH_FILES").unwrap_or_default();
-    let (np, nd, reps) = (128, 64, 5);
+    let (np, nd) = (128, 64);
+    let reps = std::env::var("MIXQ_BENCH_REPS").map_or(5, |r| r.parse().unwrap());
     for f in files.split(',').filter(|f| !f.is_empty()) {
         let store = crate::weights::open_store(std::path::Path::new(f)).unwrap();
         let m = crate::Gemma3::load(&*store, CpuBackend::fast(Some(THREADS)).unwrap()).unwrap();
@@ -444,11 +445,13 @@ fn bench_files() {
         let mut pp: Vec<f64> = runs.iter().map(|r| r.0).collect();
         let mut tg: Vec<f64> = runs.iter_mut().map(|r| r.1).collect();
         eprintln!(
-            "{f}: pp{np} {:.1} t/s (min {:.1}), tg{nd} {:.2} t/s (min {:.2})",
+            "{f}: pp{np} {:.1} t/s ({:.1} .. {:.1}), tg{nd} {:.2} t/s ({:.2} .. {:.2})",
             med(&mut pp),
             pp[0],
+            pp[reps - 1],
             med(&mut tg),
-            tg[0]
+            tg[0],
+            tg[reps - 1]
         );
         if std::env::var_os("MIXQ_BENCH_PROFILE").is_some() {
             m.backend.reset_report();
@@ -456,6 +459,41 @@ fn bench_files() {
             speed(&m, np, nd);
             m.backend.set_profiling(false);
             eprintln!("{}", m.backend.report().unwrap_or_default());
+        }
+    }
+}
+
+/// The int8-activation row kernels with the weights hot in L2 (one thread): instruction cost
+/// alone, which decode hides behind DRAM only if it is low enough.
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore]
+fn bench_int_kernels_hot() {
+    use super::kernels::x86;
+    let (rows, cols) = (512, 640);
+    for q in [
+        QType::I8Asym,
+        QType::I4Grouped,
+        QType::I4PerChannel,
+        QType::I2Structured,
+    ] {
+        let a =
+            super::kernels::QAct::new(&rand_vec(cols, 3), 1, cols, super::kernels::act_block(q));
+        let rb = q.row_bytes(cols).unwrap();
+        let bytes = bench_bytes(q, rows, cols, 9);
+        for (name, f) in [("avx2", x86::avx2::q_dot(q)), ("vnni", x86::vnni::q_dot(q))] {
+            let mut sink = 0f32;
+            let s = time(0.3, || {
+                for r in bytes.chunks_exact(rb) {
+                    sink += unsafe { f(r, &a, 0) };
+                }
+            });
+            eprintln!(
+                "{:<15} {name:<5} {:6.1} ns/row  {:5.1} GB/s (sink {sink:.1})",
+                q.name(),
+                s * 1e9 / rows as f64,
+                (rows * rb) as f64 / s / 1e9
+            );
         }
     }
 }

@@ -17,6 +17,7 @@
 mod bench;
 pub mod kernels;
 mod kv;
+mod team;
 #[cfg(test)]
 mod tests;
 
@@ -70,6 +71,9 @@ pub struct CpuBackend {
     isa: Isa,
     opts: CpuOptions,
     prof: Profile,
+    /// Runs the matmuls (see `team.rs`: rayon's injection from outside the pool costs two
+    /// thread wake-ups per matmul, and decode runs ~90 of them per token).
+    team: team::Team,
 }
 
 /// Wall time per op while `bench --profile` asks for it (every op is synchronous on the CPU,
@@ -134,8 +138,10 @@ impl CpuBackend {
             Some(i) => i,
             None => best,
         };
+        let threads = rayon::current_num_threads().min(threads);
         Ok(CpuBackend {
-            threads: rayon::current_num_threads().min(threads),
+            threads,
+            team: team::Team::new(threads),
             isa,
             opts,
             prof: Profile::default(),
@@ -340,9 +346,12 @@ impl CpuBackend {
             })
             .collect();
         let isa = self.isa;
-        units.into_par_iter().for_each_init(
+        team::for_each_unit(
+            &self.team,
+            units.len(),
             || -> Scratch { None },
-            |tile, (j, r0, r1)| {
+            |tile, u| {
+                let (j, r0, r1) = units[u];
                 let (w, a, out) = (ws[j], &acts[act_of[j]], outs[j]);
                 let bytes: &[u8] = &w.bytes;
                 let rb = w.row_bytes;
