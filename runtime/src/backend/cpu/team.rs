@@ -223,3 +223,61 @@ pub fn for_each_unit<S>(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every unit runs exactly once, over many back-to-back jobs (the helpers alternate
+    /// between spinning and entering), for 1 to 3 participants; idle helpers park and wake.
+    #[test]
+    fn every_unit_once() {
+        for threads in 1..=3 {
+            let team = Team::new(threads);
+            for job in 0..2000 {
+                let units = job % 37;
+                let hits: Vec<AtomicUsize> = (0..units).map(|_| AtomicUsize::new(0)).collect();
+                for_each_unit(
+                    &team,
+                    units,
+                    || (),
+                    |_, u| {
+                        hits[u].fetch_add(1, Relaxed);
+                    },
+                );
+                assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "job {job}");
+                if job == 1000 {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_panic_reaches_the_caller() {
+        let team = Team::new(2);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            for_each_unit(
+                &team,
+                64,
+                || (),
+                |_, u| {
+                    assert!(u != 40, "unit 40");
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                },
+            )
+        }));
+        assert!(r.is_err());
+        // the team still works afterwards
+        let n = AtomicUsize::new(0);
+        for_each_unit(
+            &team,
+            10,
+            || (),
+            |_, _| {
+                n.fetch_add(1, Relaxed);
+            },
+        );
+        assert_eq!(n.load(Relaxed), 10);
+    }
+}
