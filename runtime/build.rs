@@ -31,12 +31,17 @@ const WEIGHT_OPS: [(&str, &str, &str); 5] = [
     ("embed", "embed.comp", ""),
 ];
 
-/// Decode ops on int8 activations (matvec.comp with Q8X; `{op}_{w}_q8`), for the integer
-/// weight formats only: x is quantized once per input by quantize_x_f32.
-const Q8_OPS: [(&str, &str); 3] = [
-    ("matvec", ""),
-    ("matvec3", "FUSE_QKV"),
-    ("matvec_gelu", "FUSE_GELU"),
+/// Decode ops on int8 activations (matvec.comp / matvec_sg.comp with Q8X; `{op}_{w}_q8`), for
+/// the integer weight formats only: x is quantized once per input by quantize_x_f32 or by the
+/// op that produced it.
+const Q8_OPS: [(&str, &str, &str); 6] = [
+    ("matvec", "matvec.comp", ""),
+    ("matvec3", "matvec.comp", "FUSE_QKV"),
+    ("matvec_gelu", "matvec.comp", "FUSE_GELU"),
+    // One subgroup per row (the default on int8 activations; vulkan/mod.rs `use_sg`).
+    ("matvecsg", "matvec_sg.comp", ""),
+    ("matvecsg3", "matvec_sg.comp", "FUSE_QKV"),
+    ("matvecsg_gelu", "matvec_sg.comp", "FUSE_GELU"),
 ];
 const Q8_FORMATS: [(&str, &str); 5] = [
     ("i8sym", "W_I8_SYM"),
@@ -78,13 +83,13 @@ fn main() {
             jobs.push((format!("{op}_{w}_f32"), src.to_string(), defines));
         }
     }
-    for (op, extra) in Q8_OPS {
+    for (op, src, extra) in Q8_OPS {
         for (w, define) in Q8_FORMATS {
             let mut defines = vec![define.to_string(), "Q8X".to_string()];
             if !extra.is_empty() {
                 defines.push(extra.to_string());
             }
-            jobs.push((format!("{op}_{w}_q8"), "matvec.comp".to_string(), defines));
+            jobs.push((format!("{op}_{w}_q8"), src.to_string(), defines));
         }
     }
     for op in F32_OPS {

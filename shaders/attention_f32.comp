@@ -1,16 +1,25 @@
 #version 450
 // Causal GQA attention of n new tokens (positions pos0..pos0+n) over the KV cache plus the
-// batch itself. One workgroup per (token, head). Keys before pos0 come from the cache (a ring
-// of `ring` slots on sliding-window layers), keys of the batch straight from k/v, exactly as the
-// CPU backend does. Keys are taken in blocks of 64 with an online softmax (running max and sum),
-// so no score array of context length is needed; each invocation owns head_dim / 64 output
-// dimensions. The host stores the batch into the cache after this dispatch.
+// batch itself. One workgroup of 64 per (token, head) (and split, below). Keys before pos0
+// come from the cache (a ring of `ring` slots on sliding-window layers), keys of the batch
+// straight from k/v, exactly as the CPU backend does. Keys are taken in blocks of 16 with an
+// online softmax (running max and sum), so no score array of context length is needed: four
+// invocations score one key (a quarter of head_dim each, all its 16-byte loads issued at once,
+// then two subgroup shuffles), so a block costs one round of K loads rather than a chain of
+// head_dim / 16 (decode attention was latency-bound); each invocation owns head_dim / 64
+// output dimensions of the V accumulation. For a prefill the host stores the batch into the cache after this dispatch; for
+// one token (`store`) the first workgroup of each KV head's query group writes the token's k
+// and v into its cache slot itself (no other workgroup reads that slot: its own position comes
+// from k/v, and a ring slot it reuses held a position outside the window), saving two copy
+// commands per layer.
 //
 // Split-K (flash-decoding): the grid's z dimension splits each query's key range into `splits`
 // chunks of `chunk` keys, so a decode step over a long context runs heads x splits workgroups
 // instead of one per head. With splits > 1 each workgroup writes its un-normalized partial
 // (running max m, sum l, acc[head_dim]) to `part`, and attention_combine_f32 merges them.
 #extension GL_GOOGLE_include_directive : require
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_shuffle : require
 #include "common.glsl"
 
 layout(local_size_x = 64) in;
@@ -25,23 +34,26 @@ layout(push_constant) uniform Params {
     uint ring;    // cache slots of a ring, 0: linear cache
     float scale;
     float softcap; // 0: none
-    uint chunk;    // keys per split (multiple of 64)
-    uint splits;   // 1: write `o` directly
+    uint chunk;    // keys per split
+    uint splits;
+    uint store;    // n == 1: write k, v into the cache slot of pos0
+    uint direct;   // write `o` (splits == 1), else the partials for attention_combine_f32
 } p;
 
 layout(set = 0, binding = 0) readonly buffer Q { float q[]; };
 layout(set = 0, binding = 1) readonly buffer K4 { vec4 k4[]; };
 layout(set = 0, binding = 2) readonly buffer V { float v[]; };
-layout(set = 0, binding = 3) readonly buffer KC4 { vec4 kc4[]; };
-layout(set = 0, binding = 4) readonly buffer VC { float vc[]; };
+layout(set = 0, binding = 3) buffer KC4 { vec4 kc4[]; };
+layout(set = 0, binding = 4) buffer VC { float vc[]; };
 layout(set = 0, binding = 5) writeonly buffer O { float o[]; };
 // (n * heads * splits) records of head_dim + 2 floats: m, l, acc[head_dim]. Unused (bound to
-// `o` again) when splits == 1.
+// `o` again) when direct.
 layout(set = 0, binding = 6) writeonly buffer Part { float part[]; };
 
 const uint MAX_DIMS = 8u; // head_dim <= 512
+const uint BLOCK = 16u;   // keys per block, 4 invocations each
 shared vec4 qs4[128];
-shared float sc[64];
+shared float sc[BLOCK];
 
 // Start of the kv_dim-wide row holding position `pos` (in the cache or the batch).
 uint kv_row(uint pos, uint kv_dim, out bool cached) {
@@ -68,6 +80,15 @@ void main() {
     uint lo = first + split * p.chunk;          // this split's keys: lo ..= hi
     uint hi = min(pos, lo + p.chunk - 1u);
 
+    if (p.store != 0u && split == 0u && h % (p.heads / p.kv_heads) == 0u) {
+        uint slot = p.ring > 0u ? p.pos0 % p.ring : p.pos0;
+        for (uint i = tid; i < d / 4u; i += 64u) {
+            kc4[(slot * kv_dim + kvh * d) / 4u + i] = k4[(kvh * d) / 4u + i];
+        }
+        for (uint i = tid; i < d; i += 64u) {
+            vc[slot * kv_dim + kvh * d + i] = v[kvh * d + i];
+        }
+    }
     for (uint i = tid; i < d / 4u; i += 64u) {
         uint b = (t * p.heads + h) * d + 4u * i;
         qs4[i] = vec4(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
@@ -80,41 +101,47 @@ void main() {
     for (uint i = 0u; i < MAX_DIMS; i++) {
         acc[i] = 0.0;
     }
-    for (uint kb = lo; kb <= hi; kb += 64u) {
-        uint kp = kb + tid;
-        float s = -1.0 / 0.0;
+    uint key = tid / 4u, quarter = tid % 4u;
+    uint d16 = d / 16u; // vec4s of a key per invocation (head_dim % 16 == 0)
+    for (uint kb = lo; kb <= hi; kb += BLOCK) {
+        uint kp = kb + key;
+        float dotv = 0.0;
         if (kp <= hi) {
             bool cached;
-            uint r = kv_row(kp, kv_dim, cached) + kvh * d;
-            // q·k with 16-byte loads, four independent in flight (head_dim % 16 == 0): a
-            // serial chain of scalar loads made this phase latency-bound.
-            uint r4 = r / 4u;
-            vec4 a0 = vec4(0.0), a1 = vec4(0.0), a2 = vec4(0.0), a3 = vec4(0.0);
+            uint r4 = (kv_row(kp, kv_dim, cached) + kvh * d) / 4u + quarter * d16;
+            uint q4 = quarter * d16;
+            // Constant trip count: unrolled, every load of the key's quarter in flight at once.
+            vec4 a = vec4(0.0);
             if (cached) {
-                for (uint i = 0u; i < d / 4u; i += 4u) {
-                    a0 += qs4[i] * kc4[r4 + i];
-                    a1 += qs4[i + 1u] * kc4[r4 + i + 1u];
-                    a2 += qs4[i + 2u] * kc4[r4 + i + 2u];
-                    a3 += qs4[i + 3u] * kc4[r4 + i + 3u];
+                for (uint j = 0u; j < 32u; j++) {
+                    if (j < d16) {
+                        a += qs4[q4 + j] * kc4[r4 + j];
+                    }
                 }
             } else {
-                for (uint i = 0u; i < d / 4u; i += 4u) {
-                    a0 += qs4[i] * k4[r4 + i];
-                    a1 += qs4[i + 1u] * k4[r4 + i + 1u];
-                    a2 += qs4[i + 2u] * k4[r4 + i + 2u];
-                    a3 += qs4[i + 3u] * k4[r4 + i + 3u];
+                for (uint j = 0u; j < 32u; j++) {
+                    if (j < d16) {
+                        a += qs4[q4 + j] * k4[r4 + j];
+                    }
                 }
             }
-            vec4 a = (a0 + a1) + (a2 + a3);
-            float dotv = (a.x + a.y) + (a.z + a.w);
-            s = dotv * p.scale;
-            if (p.softcap > 0.0) {
-                s = tanh(s / p.softcap) * p.softcap;
-            }
+            dotv = (a.x + a.y) + (a.z + a.w);
         }
-        sc[tid] = s;
+        // The key's four quarters are neighbouring invocations (subgroups are >= 8 wide).
+        dotv += subgroupShuffleXor(dotv, 1u);
+        dotv += subgroupShuffleXor(dotv, 2u);
+        if (quarter == 0u) {
+            float s = -1.0 / 0.0;
+            if (kp <= hi) {
+                s = dotv * p.scale;
+                if (p.softcap > 0.0) {
+                    s = tanh(s / p.softcap) * p.softcap;
+                }
+            }
+            sc[key] = s;
+        }
         barrier();
-        uint count = min(64u, hi + 1u - kb);
+        uint count = min(BLOCK, hi + 1u - kb);
         float bm = m;
         for (uint j = 0u; j < count; j++) {
             bm = max(bm, sc[j]);
@@ -161,7 +188,7 @@ void main() {
         m = bm;
         barrier();
     }
-    if (p.splits == 1u) {
+    if (p.direct != 0u) {
         for (uint i = 0u; i < MAX_DIMS; i++) {
             uint dim = tid + 64u * i;
             if (dim < d) {

@@ -27,6 +27,8 @@
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint ROWS = 4u;
+// Granules per invocation per step on int8 activations (1 or 2; specialization constant 2).
+layout(constant_id = 2) const uint UNROLL = 2u;
 
 layout(push_constant) uniform Params {
     uint rows;       // rows of this weight chunk (FUSE_*: of weight 0)
@@ -75,8 +77,9 @@ layout(set = 0, binding = 2) writeonly buffer O { float o[]; };
 #include "weights.glsl"
 
 // One slot per (row, subgroup); subgroups are at least 4 wide on every device we target, so a
-// 128-invocation workgroup has at most 32 subgroups. FUSE_GELU: rows 4..7 hold up's sums.
-shared float partial[8][32];
+// 128-invocation workgroup has at most 32 subgroups. FUSE_GELU: rows 8..15 hold up's sums.
+// ROWS <= 8.
+shared float partial[16][32];
 
 // As gelu_mul_f32.comp.
 float gelu_tanh(float v) {
@@ -104,16 +107,44 @@ void main() {
     uint r0 = grp * ROWS;
     uint nr = min(ROWS, rows - min(rows, r0)); // rows of this group (uniform)
     uint granules = (p.cols / EPG);
-    float acc[4] = float[4](0.0, 0.0, 0.0, 0.0);
+    float acc[8] = float[8](0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
 #ifdef FUSE_GELU
-    float accu[4] = float[4](0.0, 0.0, 0.0, 0.0);
+    float accu[8] = float[8](0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
 #endif
-    for (uint g = t; g < granules; g += wg_size) {
 #ifdef Q8X
-        XG xv;
+    // Two granules per step, all loads before any use and no branch around them (the rows of a
+    // tail workgroup past the end re-read its last row; only valid rows are stored): twice
+    // the bytes in flight per invocation. The decode kernels were latency-bound with one.
+    uint last = rows - 1u;
+    for (uint g = t; g < granules; g += UNROLL * wg_size) {
+        uint g2 = g + wg_size < granules ? g + wg_size : g;
+        float keep = g + wg_size < granules ? 1.0 : 0.0;
+        XG xa, xb;
+        granule_x(g, xa);
+        if (UNROLL > 1u) {
+            granule_x(g2, xb);
+        }
+        for (uint r = 0u; r < ROWS; r++) {
+            uint rb = min(r0 + r, last) * p.stride;
+#ifdef FUSE_GELU
+            SEG = 0u;
+            float a0 = granule_dot(rb, g, xa);
+            float a1 = UNROLL > 1u ? granule_dot(rb, g2, xb) : 0.0;
+            SEG = 1u;
+            float u0 = granule_dot(rb, g, xa);
+            float u1 = UNROLL > 1u ? granule_dot(rb, g2, xb) : 0.0;
+            acc[r] += a0 + keep * a1;
+            accu[r] += u0 + keep * u1;
 #else
-        vec4 xv[EPG / 4u];
+            float a0 = granule_dot(rb, g, xa);
+            float a1 = UNROLL > 1u ? granule_dot(rb, g2, xb) : 0.0;
+            acc[r] += a0 + keep * a1;
 #endif
+        }
+    }
+#else
+    for (uint g = t; g < granules; g += wg_size) {
+        vec4 xv[EPG / 4u];
         granule_x(g, xv);
         for (uint r = 0u; r < ROWS; r++) {
             if (r < nr) {
@@ -128,6 +159,7 @@ void main() {
             }
         }
     }
+#endif
 #ifndef Q8X
     // The tail of float rows (cols not a multiple of EPG), one element per invocation.
     for (uint k = granules * EPG + t; k < p.cols; k += wg_size) {
@@ -153,7 +185,7 @@ void main() {
         if (subgroupElect()) {
             partial[r][gl_SubgroupID] = s;
 #ifdef FUSE_GELU
-            partial[4u + r][gl_SubgroupID] = su;
+            partial[8u + r][gl_SubgroupID] = su;
 #endif
         }
     }
@@ -168,7 +200,7 @@ void main() {
 #elif defined(FUSE_GELU)
         float su = 0.0;
         for (uint i = 0u; i < gl_NumSubgroups; i++) {
-            su += partial[4u + t][i];
+            su += partial[8u + t][i];
         }
         o[p.out_offset + r0 + t] = gelu_tanh(s) * su;
 #else

@@ -7,11 +7,16 @@
 // kernels compute exactly W . x_hat, and the error is W . (x_hat - x) whatever the min/scale
 // split of the weights (with sums of the original x, the error would scale with |scale * q|,
 // which exceeds |w| for asymmetric codes).
-// One invocation per group of 32.
+// One invocation per 4 elements (one vec4 load, one word of codes); a group of 32 is 8
+// neighbouring invocations, reduced with subgroup shuffles (subgroups are >= 8 wide). The norms
+// write the same bits themselves (rownorm.glsl's store_q8), so this runs only for inputs no
+// norm produced (o_proj's, down_proj's, the lm_head's after an in-place norm).
 #extension GL_GOOGLE_include_directive : require
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_shuffle : require
 #include "common.glsl"
 
-layout(local_size_x = 64) in;
+layout(local_size_x = 256) in;
 
 layout(push_constant) uniform Params {
     uint cols;
@@ -21,33 +26,30 @@ layout(set = 0, binding = 0) readonly buffer X4 { vec4 x4[]; };
 layout(set = 0, binding = 1) writeonly buffer Q { uint q[]; };
 
 void main() {
-    uint gi = group_index() * 64u + gl_LocalInvocationID.x;
-    if (gi >= p.cols / 32u) {
-        return;
-    }
-    vec4 v[8];
-    float amax = 0.0;
-    for (uint i = 0u; i < 8u; i++) {
-        v[i] = x4[8u * gi + i];
-        vec4 a = abs(v[i]);
-        amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
-    }
+    uint i = group_index() * 256u + gl_LocalInvocationID.x;
+    uint d4 = p.cols / 4u;
+    // Invocations past the end still take part in the shuffles (groups of 8 are all in or all
+    // out: cols % 32 == 0).
+    vec4 v = i < d4 ? x4[i] : vec4(0.0);
+    vec4 a4 = abs(v);
+    float amax = max(max(a4.x, a4.y), max(a4.z, a4.w));
+    amax = max(amax, subgroupShuffleXor(amax, 1u));
+    amax = max(amax, subgroupShuffleXor(amax, 2u));
+    amax = max(amax, subgroupShuffleXor(amax, 4u));
     float d = amax / 127.0;
     float id = amax > 0.0 ? 127.0 / amax : 0.0;
-    ivec4 s0 = ivec4(0), s1 = ivec4(0);
-    for (uint i = 0u; i < 8u; i++) {
-        ivec4 c = clamp(ivec4(round(v[i] * id)), ivec4(-127), ivec4(127));
+    ivec4 c = clamp(ivec4(round(v * id)), ivec4(-127), ivec4(127));
+    int s = c.x + c.y + c.z + c.w;
+    s += subgroupShuffleXor(s, 1u);
+    s += subgroupShuffleXor(s, 2u);
+    if (i < d4) {
         uvec4 b = uvec4(c) & 0xffu;
-        q[8u * gi + i] = b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u);
-        if (i < 4u) {
-            s0 += c;
-        } else {
-            s1 += c;
+        q[i] = b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u);
+        if ((i & 7u) == 0u) {
+            q[d4 + i / 8u] = floatBitsToUint(d);
+        }
+        if ((i & 3u) == 0u) {
+            q[d4 + p.cols / 32u + i / 4u] = floatBitsToUint(d * float(s));
         }
     }
-    uint base = p.cols / 4u;
-    q[base + gi] = floatBitsToUint(d);
-    base += p.cols / 32u;
-    q[base + 2u * gi] = floatBitsToUint(d * float(s0.x + s0.y + s0.z + s0.w));
-    q[base + 2u * gi + 1u] = floatBitsToUint(d * float(s1.x + s1.y + s1.z + s1.w));
 }

@@ -780,3 +780,140 @@ fn fused_norms() {
         );
     }
 }
+
+/// Decode on int8 activations with the quantization folded into the producers: the norms write
+/// the int8 form of their output (Hadamard-rotated when the gate/up that read it are stored
+/// rotated) and attention's combine pass writes o_proj's, so the matvecs after them need no
+/// quantize_x_f32 / hadamard_f32 dispatch once the backend has seen which rotation they want
+/// (the first call falls back). Results against the CPU backend's exact composition.
+#[test]
+fn norms_and_attention_write_int8_inputs() {
+    let (c, v) = (cpu(), vk_default());
+    assert!(v.int8_activations());
+    let d = 256;
+    let nw = |s: u64| WeightSource::from_f32("norm", 1, d, &rand_vec(d, s));
+    let (w1, w2) = (nw(41), nw(42));
+    let (cw1, vw1) = (c.load_weight(&w1).unwrap(), v.load_weight(&w1).unwrap());
+    let (cw2, vw2) = (c.load_weight(&w2).unwrap(), v.load_weight(&w2).unwrap());
+    let qkv = [
+        weight(QType::I4Grouped, 64, d, 43),
+        weight(QType::I4Grouped, 32, d, 44),
+        weight(QType::I4Grouped, 32, d, 45),
+    ];
+    let cq: Vec<_> = qkv.iter().map(|w| c.load_weight(w).unwrap()).collect();
+    let vq: Vec<_> = qkv.iter().map(|w| v.load_weight(w).unwrap()).collect();
+    let rotated = |s: u64| {
+        let mut w = weight(QType::I2Structured, 96, d, s);
+        w.transform = Transform::BlockHadamard {
+            block: 128,
+            seed: 9,
+        };
+        w
+    };
+    let (g, up) = (rotated(46), rotated(47));
+    let (cg, cu) = (c.load_weight(&g).unwrap(), c.load_weight(&up).unwrap());
+    let (vg, vu) = (v.load_weight(&g).unwrap(), v.load_weight(&up).unwrap());
+    let dispatches = |v: &VulkanBackend| v.counters().1;
+    for round in 0..2 {
+        let x: Vec<f32> = rand_vec(d, 50 + round).iter().map(|a| a * 30.0).collect();
+        let y: Vec<f32> = rand_vec(d, 60 + round).iter().map(|a| a * 5.0).collect();
+        let (mut cx, mut vx) = bufs(&c, &v, &x);
+        let (mut cy, mut vy) = bufs(&c, &v, &y);
+        // Pre-norm, then q/k/v of its output.
+        let (mut ca, mut va) = (c.alloc(d), v.alloc(d));
+        let mut co: Vec<_> = qkv.iter().map(|w| c.alloc(w.rows)).collect();
+        let mut vo: Vec<_> = qkv.iter().map(|w| v.alloc(w.rows)).collect();
+        c.rms_norm_into(&cx, &cw1, 1, d, 1e-6, &mut ca);
+        c.matmul_many(
+            &[&cq[0], &cq[1], &cq[2]],
+            &ca,
+            1,
+            &mut co.iter_mut().collect::<Vec<_>>(),
+        );
+        let d0 = dispatches(&v);
+        v.rms_norm_into(&vx, &vw1, 1, d, 1e-6, &mut va);
+        v.matmul_many(
+            &[&vq[0], &vq[1], &vq[2]],
+            &va,
+            1,
+            &mut vo.iter_mut().collect::<Vec<_>>(),
+        );
+        // The norm wrote the (unrotated) int8 input: norm, matvec3.
+        assert_eq!(dispatches(&v) - d0, 2, "round {round}: norm + q/k/v");
+        check("norm output", &v.download(&va, d), &ca, NMSE_F32);
+        for (i, w) in qkv.iter().enumerate() {
+            check(
+                &format!("round {round}: q/k/v {i} from the norm's int8 output"),
+                &v.download(&vo[i], w.rows),
+                &co[i],
+                NMSE_Q8,
+            );
+        }
+        // Post-norm + residual + pre-FFN norm, then the rotated gate/up of its output.
+        let (mut cgo, mut cuo) = (c.alloc(96), c.alloc(96));
+        let (mut vgo, mut vuo) = (v.alloc(96), v.alloc(96));
+        c.add_rms_norm(&mut cx, &mut cy, &cw1, Some(&cw2), 1, d, 1e-6);
+        c.gate_up(&cg, &cu, &cy, 1, 96, &mut cgo, &mut cuo);
+        let d0 = dispatches(&v);
+        v.add_rms_norm(&mut vx, &mut vy, &vw1, Some(&vw2), 1, d, 1e-6);
+        v.gate_up(&vg, &vu, &vy, 1, 96, &mut vgo, &mut vuo);
+        // Round 0: norm, hadamard, quantize_x, matvec_gelu; round 1: norm, matvec_gelu.
+        let want = if round == 0 { 4 } else { 2 };
+        assert_eq!(dispatches(&v) - d0, want, "round {round}: norm + gate/up");
+        check("add_rms_norm x", &v.download(&vx, d), &cx, NMSE_F32);
+        check("add_rms_norm y", &v.download(&vy, d), &cy, NMSE_F32);
+        check(
+            &format!("round {round}: gate/up from the norm's rotated int8 output"),
+            &v.download(&vgo, 96),
+            &cgo,
+            3.0 * NMSE_Q8,
+        );
+    }
+    // Attention decode (split-K and not), then o_proj on its output: no quantize_x.
+    let (heads, kv_heads, hd) = (4, 2, 64);
+    let o = weight(QType::I4PerChannel, 48, heads * hd, 48);
+    let (c_o, v_o) = (c.load_weight(&o).unwrap(), v.load_weight(&o).unwrap());
+    let mut ckv = c.new_kv(kv_heads * hd, None);
+    let mut vkv = v.new_kv(kv_heads * hd, None);
+    for (pos0, n) in [(0, 40), (40, 1), (41, 1)] {
+        let q = rand_vec(n * heads * hd, 70 + pos0 as u64);
+        let k = rand_vec(n * kv_heads * hd, 80 + pos0 as u64);
+        let vv = rand_vec(n * kv_heads * hd, 90 + pos0 as u64);
+        let (cq, vq) = bufs(&c, &v, &q);
+        let (ck, vk_) = bufs(&c, &v, &k);
+        let (cv, vv_) = bufs(&c, &v, &vv);
+        let (mut ca, mut va) = (c.alloc(n * heads * hd), v.alloc(n * heads * hd));
+        let p = AttnParams {
+            n,
+            pos0,
+            heads,
+            kv_heads,
+            head_dim: hd,
+            window: None,
+            scale: 0.125,
+            softcap: None,
+        };
+        c.attention(&mut ckv, &cq, &ck, &cv, &mut ca, p);
+        let d0 = dispatches(&v);
+        v.attention(&mut vkv, &vq, &vk_, &vv_, &mut va, p);
+        if n > 1 {
+            continue;
+        }
+        let (mut cout, mut vout) = (c.alloc(48), v.alloc(48));
+        c.matmul(&c_o, &ca, 1, &mut cout);
+        v.matmul(&v_o, &va, 1, &mut vout);
+        assert_eq!(dispatches(&v) - d0, 3, "attention, combine, o_proj matvec");
+        check(
+            &format!("attention pos0={pos0}"),
+            &v.download(&va, heads * hd),
+            &ca,
+            NMSE_F32,
+        );
+        check(
+            &format!("o_proj from the combine's int8 output pos0={pos0}"),
+            &v.download(&vout, 48),
+            &cout,
+            NMSE_Q8,
+        );
+    }
+}

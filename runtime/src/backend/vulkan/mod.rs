@@ -112,8 +112,9 @@ pub struct VkWeight {
 pub struct Rotation {
     block: usize,
     seed: u64,
-    /// The per-column signs s_i = ±1.0, uploaded at load.
-    signs: VkBuf,
+    /// The per-column signs s_i = ±1.0, uploaded at load (owned by the recorder, shared by
+    /// every weight of the same width and seed: [`Recorder::signs`]).
+    signs: vk::Buffer,
 }
 
 /// One layer's KV cache on the device.
@@ -210,21 +211,52 @@ impl DeviceRows {
 }
 
 /// Split-K of attention_f32 for `rows` (token, head) pairs whose longest key range is `span`:
-/// (keys per split, splits). Splits only when there are fewer than 256 pairs (decode, short
-/// prefills): then up to 256 / rows splits of at least 64 keys (one key block), so a 4096-token
-/// decode of 8 heads runs 8 x 32 workgroups of 128 keys each instead of 8 workgroups.
+/// (keys per split, splits). Aims at ~1024 workgroups (an H100 has 132 SMs; a workgroup's
+/// time is a few dependent load rounds per key block, so short chunks finish sooner) with at
+/// least 16 keys and at most 64 splits (attention_combine_f32's limit): a 27B decode (32 heads)
+/// at 192 positions runs 12 splits of 16 keys, at 4096 positions 32 splits of 128 keys;
+/// prefills with >= 1024 pairs take one workgroup per pair and skip the combine.
 fn attention_splits(rows: usize, span: usize) -> (usize, usize) {
-    let want = (256 / rows.max(1)).max(1).min(span.div_ceil(64)).max(1);
-    let chunk = span.div_ceil(want).next_multiple_of(64).max(64);
+    let want = (1024 / rows.max(1))
+        .clamp(1, 64)
+        .min(span.div_ceil(16))
+        .max(1);
+    let chunk = span.div_ceil(want).next_multiple_of(16).max(16);
     (chunk, span.div_ceil(chunk).max(1))
 }
 
+/// Which decode kernel a matvec shape is for (each has its own `MIXQ_VK_MV_*` override).
+#[derive(Clone, Copy)]
+enum MatvecKind {
+    Plain,
+    Qkv,
+    Gelu,
+}
+
 /// Specialization of matvec.comp for a chunk of `rows` rows of `cols`: (workgroup size, rows
-/// per workgroup). 128 invocations when a row has at least 96 granules of 16 bytes, else 64
-/// (short rows would leave most of 128 idle); 4 rows per workgroup when that still gives >= 512
-/// workgroups (about 4 per SM on a 132-SM H100, each with 4 independent 16-byte loads in flight
-/// per invocation), 2 rows down to 256 workgroups, else 1.
-fn matvec_shape(q: QType, cols: usize, rows: usize) -> (u32, u32) {
+/// per workgroup, granules per step). 128 invocations when a row has at least 96 granules of
+/// 16 bytes, else 64 (short rows would leave most of 128 idle); 4 rows per workgroup when that
+/// still gives >= 512 workgroups (about 4 per SM on a 132-SM H100), 2 rows down to 256
+/// workgroups, else 1; 2 granules per step (int8 activations only). matvec_gelu halves the
+/// rows (it reads two matrices). `MIXQ_VK_MV`, `MIXQ_VK_MV_QKV`, `MIXQ_VK_MV_GELU` =
+/// "wg:rows:unroll" override them (for tuning on a device).
+fn matvec_shape(q: QType, cols: usize, rows: usize, kind: MatvecKind) -> (u32, u32, u32) {
+    type Shape = Option<(u32, u32, u32)>;
+    static OVERRIDES: std::sync::OnceLock<[Shape; 3]> = std::sync::OnceLock::new();
+    let overrides = OVERRIDES.get_or_init(|| {
+        ["MIXQ_VK_MV", "MIXQ_VK_MV_QKV", "MIXQ_VK_MV_GELU"].map(|var| {
+            let s = std::env::var(var).ok()?;
+            let v: Vec<u32> = s.split(':').filter_map(|x| x.parse().ok()).collect();
+            let ok = v.len() == 3
+                && [64, 128, 256].contains(&v[0])
+                && (1..=8).contains(&v[1])
+                && (1..=2).contains(&v[2]);
+            ok.then(|| (v[0], v[1], v[2]))
+        })
+    });
+    if let Some(shape) = overrides[kind as usize] {
+        return shape;
+    }
     let epg = match q {
         QType::F32 => 4,
         QType::F16 | QType::BF16 => 8,
@@ -240,7 +272,92 @@ fn matvec_shape(q: QType, cols: usize, rows: usize) -> (u32, u32) {
     } else {
         1
     };
-    (wg, per)
+    let per = match kind {
+        MatvecKind::Gelu => (per / 2).max(1),
+        _ => per,
+    };
+    (wg, per, 2)
+}
+
+/// Knobs of matvec_sg.comp (one subgroup per row), read once: whether to use it (on unless
+/// `MIXQ_VK_SG=0`), (workgroup size, rows per subgroup, granules per lane per step) for plain,
+/// q/k/v and gate/up matvecs (`MIXQ_VK_SG_{PLAIN,QKV,GELU}` = "wg:rows:unroll"), and the most
+/// workgroups one dispatch launches (`MIXQ_VK_SG_CAP`; more blocks are taken grid-stride).
+struct SgConfig {
+    on: bool,
+    shapes: [(u32, u32, u32); 3],
+    cap: u32,
+}
+
+fn sg_config() -> &'static SgConfig {
+    static CONFIG: std::sync::OnceLock<SgConfig> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let shape = |var: &str, default: (u32, u32, u32)| {
+            std::env::var(var)
+                .ok()
+                .and_then(|s| {
+                    let v: Vec<u32> = s.split(':').filter_map(|x| x.parse().ok()).collect();
+                    let ok = v.len() == 3
+                        && [64, 128, 256, 512, 1024].contains(&v[0])
+                        && (1..=4).contains(&v[1])
+                        && (1..=2).contains(&v[2]);
+                    ok.then(|| (v[0], v[1], v[2]))
+                })
+                .unwrap_or(default)
+        };
+        SgConfig {
+            on: std::env::var("MIXQ_VK_SG").map_or(true, |v| v != "0"),
+            shapes: [
+                // Measured on an H100 (27B decode, shaders/README.md): one row per subgroup,
+                // 2 granules per lane per step (1 for gate/up, which reads two matrices).
+                shape("MIXQ_VK_SG_PLAIN", (256, 1, 2)),
+                shape("MIXQ_VK_SG_QKV", (256, 1, 2)),
+                shape("MIXQ_VK_SG_GELU", (256, 1, 1)),
+            ],
+            cap: std::env::var("MIXQ_VK_SG_CAP")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1 << 16),
+        }
+    })
+}
+
+/// matvec_sg.comp's dispatch for `rows` rows in all (fused: the segments' blocks summed by
+/// the caller through `blocks`): (shader op prefix, spec constants, workgroups).
+fn sg_dispatch(
+    kind: MatvecKind,
+    blocks: impl Fn(usize) -> usize,
+    subgroup: u32,
+) -> ([u32; 3], u32) {
+    let cfg = sg_config();
+    let (wg, rows, unroll) = cfg.shapes[kind as usize];
+    // Rows per workgroup block, as the shader computes it (subgroups of the device's size).
+    let per_block = (wg / subgroup.max(1)).max(1) * rows;
+    let groups = (blocks(per_block as usize) as u32).clamp(1, cfg.cap);
+    ([wg, rows, unroll], groups)
+}
+
+/// Words of quantize_x_f32's output for `cols` (codes, scales per 32, sums per 16).
+fn q8_len(cols: usize) -> usize {
+    cols / 4 + cols / 32 + cols / 16
+}
+
+/// Key of [`Recorder::quantized`]: (source, 1, cols, Hadamard block or 0, seed or 0).
+fn q8_key(
+    src: vk::Buffer,
+    cols: usize,
+    rot: Option<(usize, u64)>,
+) -> (vk::Buffer, usize, usize, usize, u64) {
+    let (block, seed) = rot.unwrap_or((0, 0));
+    (src, 1, cols, block, seed)
+}
+
+/// The row-norm kernels hold a row in registers (rownorm.glsl: 4 vec4 per invocation of 1024).
+fn check_norm_width(d: usize) -> Result<()> {
+    if d > 16384 {
+        bail!("rms norm over {d} values: the Vulkan norm kernels take rows of at most 16384");
+    }
+    Ok(())
 }
 
 fn f(v: f32) -> u32 {
@@ -492,8 +609,7 @@ impl VulkanBackend {
                         w.name
                     );
                 }
-                let mut signs = self.try_alloc(w.cols)?;
-                self.try_upload(&hadamard_signs(w.cols, seed), &mut signs)?;
+                let signs = self.signs_buffer(w.cols, seed)?;
                 Some(Rotation {
                     block: block as usize,
                     seed,
@@ -620,23 +736,35 @@ impl VulkanBackend {
             )
     }
 
-    /// Records quantize_x_f32 of one vector `xb` of `cols` into a scratch buffer and returns
-    /// it, or the previous quantization of the same input when no command was recorded since
-    /// it was used (the caller sets `valid_at` after its last use).
-    fn quantize_x(&self, rec: &mut Recorder, xb: vk::Buffer, cols: usize) -> Result<vk::Buffer> {
-        let key = (xb, 1, cols, 0, 0);
+    /// The int8 form (quantize_x_f32's layout) of the decode input `x` of `cols`, after the
+    /// rotation `rot` if any: the cached one when the last command wrote or used it for the
+    /// same key (a norm that wrote it speculatively, or the previous matvec of the same input),
+    /// else rotate + quantize_x_f32 into a scratch buffer. The caller sets `valid_at` after its
+    /// last use.
+    fn q8_input(
+        &self,
+        rec: &mut Recorder,
+        x: &VkBuf,
+        rot: Option<&Rotation>,
+        cols: usize,
+    ) -> Result<vk::Buffer> {
+        let key = q8_key(x.buffer(), cols, rot.map(|r| (r.block, r.seed)));
         if let Some(c) = &rec.quantized {
             if c.key == key && c.valid_at == rec.commands {
                 return Ok(c.buf.buffer());
             }
         }
-        let out = self.try_alloc(cols / 4 + cols / 32 + cols / 16)?;
+        let xb = match rot {
+            None => x.buffer(),
+            Some(r) => self.rotate(rec, r, x, 1, cols)?,
+        };
+        let out = self.try_alloc(q8_len(cols))?;
         rec.dispatch(
             self.dev(),
             "quantize_x_f32",
             &[xb, out.buffer()],
             &[u(cols)],
-            grid(u((cols / 32).div_ceil(64))),
+            grid(u((cols / 4).div_ceil(256))),
         )?;
         let b = out.buffer();
         rec.quantized = Some(ops::RotatedInput {
@@ -647,32 +775,110 @@ impl VulkanBackend {
         Ok(b)
     }
 
+    /// The Hadamard signs of (cols, seed) on the device, uploaded once ([`Recorder::signs`]).
+    fn signs_buffer(&self, cols: usize, seed: u64) -> Result<vk::Buffer> {
+        let mut rec = self.rec();
+        if let Some(b) = rec.signs.get(&(cols, seed)) {
+            return Ok(b.buffer);
+        }
+        let bytes: Vec<u8> = hadamard_signs(cols, seed)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let raw = RawBuf::new(
+            self.dev(),
+            bytes.len() as u64 + PAD,
+            memory::MemoryUse::GpuOnly,
+        )?;
+        rec.update(self.dev(), raw.buffer, 0, &bytes)?;
+        let b = raw.buffer;
+        rec.signs.insert((cols, seed), raw);
+        Ok(b)
+    }
+
+    /// For a norm over one row of `d` whose output feeds the matvecs described by `hint`:
+    /// whether to write the int8 form too, and (xq buffer, key, block, signs) if so. Rotated
+    /// only where the row fits rownorm.glsl's shared array (d <= 6144).
+    fn norm_q8(
+        &self,
+        rec: &mut Recorder,
+        out: vk::Buffer,
+        rows: usize,
+        d: usize,
+        hint: Option<(usize, Option<(usize, u64)>)>,
+    ) -> Result<
+        Option<(
+            VkBuf,
+            (vk::Buffer, usize, usize, usize, u64),
+            u32,
+            vk::Buffer,
+        )>,
+    > {
+        if rows != 1 || d % 32 != 0 || !self.int8_activations() {
+            return Ok(None);
+        }
+        let rot = match hint {
+            Some((cols, Some((block, seed)))) if cols == d && d <= 6144 && d % block == 0 => {
+                Some((block, seed))
+            }
+            _ => None,
+        };
+        let signs = match rot {
+            Some((_, seed)) => match rec.signs.get(&(d, seed)) {
+                Some(b) => b.buffer,
+                None => return Ok(None),
+            },
+            None => out,
+        };
+        let xq = self.try_alloc(q8_len(d))?;
+        Ok(Some((
+            xq,
+            q8_key(out, d, rot),
+            rot.map_or(0, |r| u(r.0)),
+            signs,
+        )))
+    }
+
     fn try_matmul(&self, w: &VkWeight, x: &VkBuf, n: usize, out: &mut VkBuf) -> Result<()> {
         assert!(
             n * w.cols <= x.len && n * w.rows <= out.len,
             "matmul shapes"
         );
         let mut rec = self.rec();
+        let q8 = n == 1 && self.use_q8(w.qtype, w.cols);
         let rotated = match &w.rotation {
-            None => None,
-            Some(rot) => Some(self.rotate(&mut rec, rot, x, n, w.cols)?),
+            Some(rot) if !q8 => Some(self.rotate(&mut rec, rot, x, n, w.cols)?),
+            _ => None,
         };
         let mut xb = rotated.unwrap_or(x.buffer());
-        let q8 = n == 1 && self.use_q8(w.qtype, w.cols);
         if q8 {
-            xb = self.quantize_x(&mut rec, xb, w.cols)?;
+            xb = self.q8_input(&mut rec, x, w.rotation.as_ref(), w.cols)?;
         }
         for (i, c) in w.chunks.iter().enumerate() {
             if i > 0 {
                 // Chunks write disjoint output rows: no barrier between them.
                 rec.concurrent();
             }
-            if n == 1 {
-                let (wg, rows) = matvec_shape(w.qtype, w.cols, c.rows);
+            if n == 1 && q8 && sg_config().on {
+                let (spec, groups) = sg_dispatch(
+                    MatvecKind::Plain,
+                    |per| c.rows.div_ceil(per),
+                    self.dev().info.subgroup_size,
+                );
+                rec.dispatch_spec(
+                    self.dev(),
+                    variant_act("matvecsg", w.qtype, "q8"),
+                    &spec,
+                    &[c.buffer, xb, out.buffer()],
+                    &[u(c.rows), u(w.cols), u(w.stride), u(c.row0), u(w.codes_at)],
+                    grid(groups),
+                )?;
+            } else if n == 1 {
+                let (wg, rows, unroll) = matvec_shape(w.qtype, w.cols, c.rows, MatvecKind::Plain);
                 rec.dispatch_spec(
                     self.dev(),
                     variant_act("matvec", w.qtype, if q8 { "q8" } else { "f32" }),
-                    &[wg, rows],
+                    &[wg, rows, unroll],
                     &[c.buffer, xb, out.buffer()],
                     &[u(c.rows), u(w.cols), u(w.stride), u(c.row0), u(w.codes_at)],
                     grid(u(c.rows.div_ceil(rows as usize))),
@@ -726,7 +932,7 @@ impl VulkanBackend {
         rec.dispatch(
             self.dev(),
             "hadamard_f32",
-            &[x.buffer(), rot.signs.buffer(), out.buffer()],
+            &[x.buffer(), rot.signs, out.buffer()],
             &[
                 u(n),
                 u(cols),
@@ -784,23 +990,36 @@ impl VulkanBackend {
         if n == 1 && ws.len() == 3 && self.fusable(ws) {
             let w0 = ws[0];
             let mut rec = self.rec();
-            let mut xb = match &w0.rotation {
-                None => x.buffer(),
-                Some(rot) => self.rotate(&mut rec, rot, x, 1, w0.cols)?,
-            };
             let q8 = self.use_q8(w0.qtype, w0.cols);
-            if q8 {
-                xb = self.quantize_x(&mut rec, xb, w0.cols)?;
-            }
+            let xb = if q8 {
+                rec.qkv_hint = Some((w0.cols, w0.rotation.as_ref().map(|r| (r.block, r.seed))));
+                self.q8_input(&mut rec, x, w0.rotation.as_ref(), w0.cols)?
+            } else {
+                match &w0.rotation {
+                    None => x.buffer(),
+                    Some(rot) => self.rotate(&mut rec, rot, x, 1, w0.cols)?,
+                }
+            };
             let total: usize = ws.iter().map(|w| w.rows).sum();
-            let (wg, per) = matvec_shape(w0.qtype, w0.cols, total);
-            let groups: usize = ws.iter().map(|w| w.rows.div_ceil(per as usize)).sum();
+            let (name, spec, groups) = if q8 && sg_config().on {
+                let (spec, groups) = sg_dispatch(
+                    MatvecKind::Qkv,
+                    |per| ws.iter().map(|w| w.rows.div_ceil(per)).sum(),
+                    self.dev().info.subgroup_size,
+                );
+                (variant_act("matvecsg3", w0.qtype, "q8"), spec, groups)
+            } else {
+                let (wg, per, unroll) = matvec_shape(w0.qtype, w0.cols, total, MatvecKind::Qkv);
+                let groups: usize = ws.iter().map(|w| w.rows.div_ceil(per as usize)).sum();
+                let name = variant_act("matvec3", w0.qtype, if q8 { "q8" } else { "f32" });
+                (name, [wg, per, unroll], u(groups))
+            };
             let wb: Vec<vk::Buffer> = ws.iter().map(|w| w.chunks[0].buffer).collect();
             let ob: Vec<vk::Buffer> = outs.iter().map(|o| o.buffer()).collect();
             rec.dispatch_arrays(
                 self.dev(),
-                variant_act("matvec3", w0.qtype, if q8 { "q8" } else { "f32" }),
-                &[wg, per],
+                name,
+                &spec,
                 &[&wb, &[xb], &ob],
                 &[
                     u(ws[0].rows),
@@ -811,9 +1030,9 @@ impl VulkanBackend {
                     u(ws[1].rows),
                     u(ws[2].rows),
                 ],
-                grid(u(groups)),
+                grid(groups),
             )?;
-            if w0.rotation.is_some() {
+            if !q8 && w0.rotation.is_some() {
                 rec.rotated.as_mut().unwrap().valid_at = rec.commands;
             }
             if q8 {
@@ -861,23 +1080,41 @@ impl VulkanBackend {
         assert!(n * gate_w.cols <= x.len, "gate_up input");
         if n == 1 && self.fusable(&[gate_w, up_w]) {
             let mut rec = self.rec();
-            let mut xb = match &gate_w.rotation {
-                None => x.buffer(),
-                Some(rot) => self.rotate(&mut rec, rot, x, 1, gate_w.cols)?,
-            };
             let q8 = self.use_q8(gate_w.qtype, gate_w.cols);
-            if q8 {
-                xb = self.quantize_x(&mut rec, xb, gate_w.cols)?;
-            }
+            let xb = if q8 {
+                let rot = gate_w.rotation.as_ref().map(|r| (r.block, r.seed));
+                rec.ffn_hint = Some((gate_w.cols, rot));
+                self.q8_input(&mut rec, x, gate_w.rotation.as_ref(), gate_w.cols)?
+            } else {
+                match &gate_w.rotation {
+                    None => x.buffer(),
+                    Some(rot) => self.rotate(&mut rec, rot, x, 1, gate_w.cols)?,
+                }
+            };
             // Each workgroup reads ROWS rows of both matrices: half matvec's rows per group
             // keeps the loads in flight (and registers) per invocation as for one matrix.
-            let (wg, per) = matvec_shape(gate_w.qtype, gate_w.cols, inter);
-            let per = (per / 2).max(1);
+            let (name, spec, groups) = if q8 && sg_config().on {
+                let (spec, groups) = sg_dispatch(
+                    MatvecKind::Gelu,
+                    |per| inter.div_ceil(per),
+                    self.dev().info.subgroup_size,
+                );
+                (
+                    variant_act("matvecsg_gelu", gate_w.qtype, "q8"),
+                    spec,
+                    groups,
+                )
+            } else {
+                let (wg, per, unroll) =
+                    matvec_shape(gate_w.qtype, gate_w.cols, inter, MatvecKind::Gelu);
+                let name = variant_act("matvec_gelu", gate_w.qtype, if q8 { "q8" } else { "f32" });
+                (name, [wg, per, unroll], u(inter.div_ceil(per as usize)))
+            };
             let wb = [gate_w.chunks[0].buffer, up_w.chunks[0].buffer];
             rec.dispatch_arrays(
                 self.dev(),
-                variant_act("matvec_gelu", gate_w.qtype, if q8 { "q8" } else { "f32" }),
-                &[wg, per],
+                name,
+                &spec,
                 &[&wb, &[xb], &[gate.buffer()]],
                 &[
                     u(inter),
@@ -888,9 +1125,9 @@ impl VulkanBackend {
                     0,
                     0,
                 ],
-                grid(u(inter.div_ceil(per as usize))),
+                grid(groups),
             )?;
-            if gate_w.rotation.is_some() {
+            if !q8 && gate_w.rotation.is_some() {
                 rec.rotated.as_mut().unwrap().valid_at = rec.commands;
             }
             if q8 {
@@ -904,6 +1141,119 @@ impl VulkanBackend {
         }
         self.try_matmul(up_w, x, n, up)?;
         self.elementwise("gelu_mul_f32", gate, up, n * inter)
+    }
+
+    /// rms_norm_f32 of `rows` rows of `d` from `x` into `out` (the same buffer: in place). For
+    /// one row on int8 activations it also writes the int8 form of `out` for the next matvec:
+    /// unrotated for the lm_head's in-place norm, as the last fused q/k/v wanted for the
+    /// pre-attention norm (`qkv_input`).
+    #[allow(clippy::too_many_arguments)]
+    fn try_rms_norm(
+        &self,
+        x: vk::Buffer,
+        w: &VkWeight,
+        rows: usize,
+        d: usize,
+        eps: f32,
+        out: vk::Buffer,
+        qkv_input: bool,
+    ) -> Result<()> {
+        let wv = w.vector.as_ref().expect("norm weights are 1-D");
+        if rows == 0 {
+            return Ok(());
+        }
+        check_norm_width(d)?;
+        let mut rec = self.rec();
+        let hint = if qkv_input { rec.qkv_hint } else { None };
+        let q8 = self.norm_q8(&mut rec, out, rows, d, hint)?;
+        let (xq, block, signs) = q8.as_ref().map_or((out, 0, out), |(b, _, block, signs)| {
+            (b.buffer(), *block, *signs)
+        });
+        rec.dispatch(
+            self.dev(),
+            "rms_norm_f32",
+            &[x, wv.buffer(), out, xq, signs],
+            &[
+                u(rows),
+                u(d),
+                f(eps),
+                q8.is_some() as u32,
+                block,
+                f(1.0 / (block.max(1) as f32).sqrt()),
+            ],
+            grid(u(rows)),
+        )?;
+        if let Some((buf, key, _, _)) = q8 {
+            rec.quantized = Some(ops::RotatedInput {
+                key,
+                valid_at: rec.commands,
+                buf,
+            });
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn try_add_rms_norm(
+        &self,
+        x: &mut VkBuf,
+        y: &mut VkBuf,
+        w: &VkWeight,
+        next: Option<&VkWeight>,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let wv = w.vector.as_ref().expect("norm weights are 1-D");
+        let wn = next.map(|n| n.vector.as_ref().expect("norm weights are 1-D"));
+        if rows == 0 {
+            return Ok(());
+        }
+        check_norm_width(d)?;
+        let mut rec = self.rec();
+        // The new y feeds the FFN's gate/up: its int8 form as the last fused gate/up wanted.
+        let q8 = match next {
+            Some(_) => {
+                let hint = rec.ffn_hint;
+                self.norm_q8(&mut rec, y.buffer(), rows, d, hint)?
+            }
+            None => None,
+        };
+        let (xq, block, signs) = q8
+            .as_ref()
+            .map_or((y.buffer(), 0, y.buffer()), |(b, _, block, signs)| {
+                (b.buffer(), *block, *signs)
+            });
+        rec.dispatch(
+            self.dev(),
+            "add_rms_norm_f32",
+            &[
+                x.buffer(),
+                y.buffer(),
+                wv.buffer(),
+                wn.unwrap_or(wv).buffer(),
+                xq,
+                signs,
+            ],
+            &[
+                u(rows),
+                u(d),
+                f(eps),
+                next.is_some() as u32,
+                q8.is_some() as u32,
+                block,
+                f(1.0 / (block.max(1) as f32).sqrt()),
+            ],
+            grid(u(rows)),
+        )?;
+        if let Some((buf, key, _, _)) = q8 {
+            rec.quantized = Some(ops::RotatedInput {
+                key,
+                valid_at: rec.commands,
+                buf,
+            });
+        }
+        Ok(())
     }
 
     fn try_rope(&self, x: &mut VkBuf, n: usize, p: RopeParams) -> Result<()> {
@@ -920,8 +1270,7 @@ impl VulkanBackend {
         )
     }
 
-    /// QK-norm + RoPE of q and k: one norm_rope_f32 dispatch each, recorded without a barrier
-    /// between them (they touch disjoint buffers).
+    /// QK-norm + RoPE of q and k: one norm_rope_f32 dispatch for both.
     #[allow(clippy::too_many_arguments)]
     fn try_qk_norm_rope(
         &self,
@@ -940,7 +1289,8 @@ impl VulkanBackend {
                 && n * kv_heads * p.head_dim <= k.len
                 && q_norm.cols == p.head_dim
                 && k_norm.cols == p.head_dim
-                && p.head_dim % 2 == 0,
+                && p.head_dim % 2 == 0
+                && p.head_dim <= 512,
             "qk_norm_rope shapes"
         );
         if n == 0 {
@@ -948,22 +1298,17 @@ impl VulkanBackend {
         }
         let mut rec = self.rec();
         let table = self.rope_table(&mut rec, n, p)?;
-        for (i, (x, w, heads)) in [(&*q, q_norm, p.heads), (&*k, k_norm, kv_heads)]
-            .into_iter()
-            .enumerate()
-        {
-            if i > 0 {
-                rec.concurrent();
-            }
-            let wv = w.vector.as_ref().expect("norm weights are 1-D");
-            rec.dispatch(
-                self.dev(),
-                "norm_rope_f32",
-                &[x.buffer(), wv.buffer(), table],
-                &[u(n), u(heads), u(half), f(eps)],
-                grid(u(n * heads)),
-            )?;
-        }
+        let (wq, wk) = (
+            q_norm.vector.as_ref().expect("norm weights are 1-D"),
+            k_norm.vector.as_ref().expect("norm weights are 1-D"),
+        );
+        rec.dispatch(
+            self.dev(),
+            "norm_rope_f32",
+            &[q.buffer(), k.buffer(), wq.buffer(), wk.buffer(), table],
+            &[u(n), u(p.heads), u(kv_heads), u(half), f(eps)],
+            grid(u(n * (p.heads + kv_heads))),
+        )?;
         Ok(())
     }
 
@@ -1040,7 +1385,11 @@ impl VulkanBackend {
         // Split-K: spread the longest query's keys over enough workgroups (flash-decoding).
         let span = end.min(p.window.unwrap_or(usize::MAX));
         let (chunk, splits) = attention_splits(p.n * p.heads, span);
-        let part = if splits > 1 {
+        // Decode on int8 activations: the combine pass also writes o_proj's int8 input, so it
+        // runs even without a split.
+        let q8 = p.n == 1 && d % 32 == 0 && self.int8_activations();
+        let combine = splits > 1 || q8;
+        let part = if combine {
             Some(self.try_alloc(p.n * p.heads * splits * (d + 2))?)
         } else {
             None
@@ -1072,13 +1421,16 @@ impl VulkanBackend {
                 f(p.softcap.unwrap_or(0.0)),
                 u(chunk),
                 u(splits),
+                (p.n == 1) as u32,
+                !combine as u32,
             ],
             (gx, gy, u(splits)),
         )?;
-        // Store the batch; a ring keeps only its last `window` positions.
+        // Store a prefill batch (a one-token step was stored by attention_f32); a ring keeps
+        // only its last `window` positions.
         let row = (kv_dim * 4) as u64;
         let mut regions: Vec<vk::BufferCopy> = Vec::new();
-        for t in 0..p.n {
+        for t in (0..p.n).filter(|_| p.n > 1) {
             let pos = p.pos0 + t;
             let slot = match kv.window {
                 Some(w) if end - pos > w => continue,
@@ -1099,25 +1451,35 @@ impl VulkanBackend {
                 }),
             }
         }
-        // The stores write slots no query of a one-token batch reads (its own position comes
-        // from `k`/`v`; a ring slot it reuses held a position outside the window), so for
-        // decode they run concurrently with attention_f32.
         if !regions.is_empty() {
-            if p.n == 1 {
-                rec.concurrent();
-            }
             rec.copy(self.dev(), k.buffer(), kv.k.buffer(), &regions)?;
             rec.concurrent();
             rec.copy(self.dev(), v.buffer(), kv.v.buffer(), &regions)?;
         }
-        if splits > 1 {
+        if combine {
+            let xq = if q8 {
+                Some(self.try_alloc(q8_len(p.heads * d))?)
+            } else {
+                None
+            };
             rec.dispatch(
                 self.dev(),
                 "attention_combine_f32",
-                &[part_buf, out.buffer()],
-                &[u(p.n * p.heads), u(d), u(splits)],
+                &[
+                    part_buf,
+                    out.buffer(),
+                    xq.as_ref().map_or(out.buffer(), |b| b.buffer()),
+                ],
+                &[u(p.n * p.heads), u(d), u(splits), q8 as u32],
                 grid(u(p.n * p.heads)),
             )?;
+            if let Some(buf) = xq {
+                rec.quantized = Some(ops::RotatedInput {
+                    key: q8_key(out.buffer(), p.heads * d, None),
+                    valid_at: rec.commands,
+                    buf,
+                });
+            }
         }
         kv.len = end;
         Ok(())
@@ -1288,18 +1650,8 @@ impl Backend for VulkanBackend {
     }
 
     fn rms_norm(&self, x: &mut VkBuf, w: &VkWeight, rows: usize, eps: f32) {
-        let wv = w.vector.as_ref().expect("norm weights are 1-D");
         assert!(rows * w.cols <= x.len, "rms_norm shapes");
-        if rows == 0 {
-            return;
-        }
-        ok(self.rec().dispatch(
-            self.dev(),
-            "rms_norm_f32",
-            &[x.buffer(), wv.buffer(), x.buffer()],
-            &[u(rows), u(w.cols), f(eps)],
-            grid(u(rows)),
-        ))
+        ok(self.try_rms_norm(x.buffer(), w, rows, w.cols, eps, x.buffer(), false))
     }
 
     fn rms_norm_into(
@@ -1311,21 +1663,11 @@ impl Backend for VulkanBackend {
         eps: f32,
         out: &mut VkBuf,
     ) {
-        let wv = w.vector.as_ref().expect("norm weights are 1-D");
         assert!(
             d == w.cols && rows * d <= x.len && rows * d <= out.len,
             "rms_norm shapes"
         );
-        if rows == 0 {
-            return;
-        }
-        ok(self.rec().dispatch(
-            self.dev(),
-            "rms_norm_f32",
-            &[x.buffer(), wv.buffer(), out.buffer()],
-            &[u(rows), u(d), f(eps)],
-            grid(u(rows)),
-        ))
+        ok(self.try_rms_norm(x.buffer(), w, rows, d, eps, out.buffer(), true))
     }
 
     fn add_rms_norm(
@@ -1338,27 +1680,11 @@ impl Backend for VulkanBackend {
         d: usize,
         eps: f32,
     ) {
-        let wv = w.vector.as_ref().expect("norm weights are 1-D");
-        let wn = next.map(|n| n.vector.as_ref().expect("norm weights are 1-D"));
         assert!(
             d == w.cols && next.is_none_or(|n| n.cols == d) && rows * d <= x.len.min(y.len),
             "add_rms_norm shapes"
         );
-        if rows == 0 {
-            return;
-        }
-        ok(self.rec().dispatch(
-            self.dev(),
-            "add_rms_norm_f32",
-            &[
-                x.buffer(),
-                y.buffer(),
-                wv.buffer(),
-                wn.unwrap_or(wv).buffer(),
-            ],
-            &[u(rows), u(d), f(eps), next.is_some() as u32],
-            grid(u(rows)),
-        ))
+        ok(self.try_add_rms_norm(x, y, w, next, rows, d, eps))
     }
 
     fn qk_norm_rope(

@@ -1,7 +1,12 @@
-//! The command recorder: every op appends to one command buffer, separated by barriers; the
+//! The command recorder: every op appends to a command buffer, separated by barriers; the
 //! sync points (download, top_k, weight upload) submit it, wait on a fence and start afresh.
 //!
-//! One decode step is therefore one submission. Barriers are global memory barriers between
+//! A step is one *synchronisation* (one wait), but long steps are cut into several submissions
+//! of [`Recorder::flush_every`] commands each, submitted as soon as they are recorded: the GPU
+//! starts the first layers while the host still records the last ones (a 27B decode step
+//! records ~700 commands, milliseconds of host time the GPU would otherwise sit idle for).
+//! Each continuation buffer starts with the same global barrier, which orders it after
+//! everything submitted before it on the queue. Barriers are global memory barriers between
 //! consecutive commands (compute and transfer, writes before reads and writes): Gemma's step is
 //! a chain in which nearly every op reads the previous op's output, so finer tracking would
 //! buy little.
@@ -15,6 +20,9 @@ use std::collections::HashMap;
 
 /// Largest payload of one vkCmdUpdateBuffer.
 const UPDATE_MAX: usize = 65536;
+/// Commands per submission within a step unless `MIXQ_VK_FLUSH` says otherwise (0: one
+/// submission per step). Not while profiling (the timestamps of a step share one query pool).
+const FLUSH_EVERY: usize = 64;
 /// Timestamps per command buffer when profiling (one per command, plus the start); commands
 /// past it go unmeasured. A 27B decode step records ~1,000 commands.
 const QUERIES: u32 = 8192;
@@ -35,15 +43,26 @@ pub struct Profiler {
 
 pub struct Recorder {
     cmd_pool: vk::CommandPool,
+    /// The command buffer being recorded (begun when `recording`) and its fence.
     cmd: vk::CommandBuffer,
     fence: vk::Fence,
-    /// Commands recorded since the last submission.
+    recording: bool,
+    /// Submitted, not yet waited for.
+    in_flight: Vec<(vk::CommandBuffer, vk::Fence)>,
+    /// Reset, ready for reuse.
+    spare: Vec<(vk::CommandBuffer, vk::Fence)>,
+    /// Commands recorded since the last wait (all submissions of the step).
     pub commands: usize,
+    /// Commands in `cmd`.
+    in_cmd: usize,
+    /// Commands per submission within a step (0: no early submissions).
+    pub flush_every: usize,
     pub pipelines: Pipelines,
     /// Host-visible buffer the sync points copy results into.
     readback: Option<RawBuf>,
     /// Host-visible buffer weight uploads go through (discrete GPUs).
     pub staging: Option<RawBuf>,
+    /// Synchronisations (submit + wait) so far; a step's early submissions are not counted.
     pub submits: u64,
     pub dispatches: u64,
     /// RoPE cos/sin tables of the current command buffer, by (pos0, n, half, base, scale) bits:
@@ -51,13 +70,28 @@ pub struct Recorder {
     pub rope_tables: HashMap<[u32; 5], super::VkBuf>,
     /// The last Hadamard-rotated matmul input (gate_proj and up_proj share it).
     pub rotated: Option<RotatedInput>,
-    /// The last int8-quantized decode input (quantize_x_f32; key (source, 1, cols, 0, 0)):
-    /// the matvecs of one input share it.
+    /// The last int8-quantized decode input, key (source, 1, cols, block, seed) with the
+    /// Hadamard rotation applied first (block 0: none): written by quantize_x_f32 or by the
+    /// norm that produced the source (rownorm.glsl); the matvecs of one input share it.
     pub quantized: Option<RotatedInput>,
+    /// Hadamard signs by (cols, seed), for the weights' rotations and the norms that rotate
+    /// their int8 output. Live as long as the recorder.
+    pub signs: HashMap<(usize, u64), RawBuf>,
+    /// What the last fused q/k/v (`qkv`) and gate/up (`ffn`) decode matvecs wanted as input:
+    /// (cols, Hadamard (block, seed) or none). The norms that feed them (rms_norm_into,
+    /// add_rms_norm) write that int8 form speculatively; the matvec checks the key and falls
+    /// back to quantize_x_f32 when it does not match (first layer of the first step).
+    pub qkv_hint: Option<(usize, Option<(usize, u64)>)>,
+    pub ffn_hint: Option<(usize, Option<(usize, u64)>)>,
     /// Present when the queue has timestamps (`timestampComputeAndGraphics` or valid bits).
     pub profiler: Option<Profiler>,
     /// The next command needs no barrier before it ([`Self::concurrent`]).
     no_barrier: bool,
+    /// A copy or update was recorded since the last barrier (or the buffer continues earlier
+    /// submissions): the next barrier waits for the transfer stage too.
+    transfer_since_barrier: bool,
+    /// `MIXQ_VK_BARRIER=all`: every barrier names compute and transfer on both sides.
+    all_stages: bool,
 }
 
 /// A rotated copy of an activation buffer, valid while no other command is recorded after the
@@ -68,6 +102,26 @@ pub struct RotatedInput {
     /// `Recorder::commands` right after the last use.
     pub valid_at: usize,
     pub buf: super::VkBuf,
+}
+
+/// A primary command buffer of `pool` and an unsignalled fence for its submissions.
+fn new_command_buffer(
+    dev: &Device,
+    pool: vk::CommandPool,
+) -> Result<(vk::CommandBuffer, vk::Fence)> {
+    // SAFETY: plain object creation on a live device.
+    unsafe {
+        let cmd = dev.device.allocate_command_buffers(
+            &vk::CommandBufferAllocateInfo::default()
+                .command_pool(pool)
+                .level(vk::CommandBufferLevel::PRIMARY)
+                .command_buffer_count(1),
+        )?[0];
+        let fence = dev
+            .device
+            .create_fence(&vk::FenceCreateInfo::default(), None)?;
+        Ok((cmd, fence))
+    }
 }
 
 /// Workgroup grid for `groups` one-dimensional groups: (x, y) with x <= 65535
@@ -91,13 +145,11 @@ impl Recorder {
                     .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER),
                 None,
             )?;
-            let cmd = d.allocate_command_buffers(
-                &vk::CommandBufferAllocateInfo::default()
-                    .command_pool(cmd_pool)
-                    .level(vk::CommandBufferLevel::PRIMARY)
-                    .command_buffer_count(1),
-            )?[0];
-            let fence = d.create_fence(&vk::FenceCreateInfo::default(), None)?;
+            let (cmd, fence) = new_command_buffer(dev, cmd_pool)?;
+            let flush_every = std::env::var("MIXQ_VK_FLUSH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(FLUSH_EVERY);
             let profiler = if dev.timestamp_bits > 0 {
                 let pool = d.create_query_pool(
                     &vk::QueryPoolCreateInfo::default()
@@ -120,7 +172,12 @@ impl Recorder {
                 cmd_pool,
                 cmd,
                 fence,
+                recording: false,
+                in_flight: Vec::new(),
+                spare: Vec::new(),
                 commands: 0,
+                in_cmd: 0,
+                flush_every,
                 pipelines: Pipelines::new(),
                 readback: None,
                 staging: None,
@@ -129,7 +186,12 @@ impl Recorder {
                 rope_tables: HashMap::new(),
                 rotated: None,
                 quantized: None,
+                signs: HashMap::new(),
+                qkv_hint: None,
+                ffn_hint: None,
                 no_barrier: false,
+                transfer_since_barrier: true,
+                all_stages: std::env::var("MIXQ_VK_BARRIER").is_ok_and(|v| v == "all"),
             })
         }
     }
@@ -143,20 +205,42 @@ impl Recorder {
     }
 
     /// Begins the command buffer if needed and puts a barrier after the previous command
-    /// (unless [`Self::concurrent`] was called since).
-    fn next_command(&mut self, dev: &Device) -> Result<()> {
-        let skip = std::mem::take(&mut self.no_barrier);
+    /// (unless [`Self::concurrent`] was called since). `transfer`: the next command is a copy
+    /// or update, not a dispatch. The barrier names the transfer stage only where a transfer
+    /// is on either side of it (a compute-to-compute barrier is the common case, and the
+    /// cheaper one on NVIDIA: measured in shaders/README.md).
+    fn next_command(&mut self, dev: &Device, transfer: bool) -> Result<()> {
+        let profiling = self.profiler.as_ref().is_some_and(|p| p.enabled);
+        // The first submission of a step is short, so the GPU starts after a few commands
+        // rather than after `flush_every` of them.
+        let first = self.in_flight.is_empty();
+        let limit = if first {
+            self.flush_every.min(8)
+        } else {
+            self.flush_every
+        };
+        if self.recording && self.flush_every > 0 && self.in_cmd >= limit && !profiling {
+            self.submit(dev)?;
+        }
+        let mut skip = std::mem::take(&mut self.no_barrier);
         let d = &dev.device;
         // SAFETY: `cmd` is owned by this recorder and is either initial (reset after the last
         // submission) or recording.
         unsafe {
-            if self.commands == 0 {
+            if !self.recording {
                 d.begin_command_buffer(
                     self.cmd,
                     &vk::CommandBufferBeginInfo::default()
                         .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
                 )
                 .context("vkBeginCommandBuffer")?;
+                self.recording = true;
+                self.in_cmd = 0;
+                // A continuation of the step: barrier against the submissions before it.
+                skip = self.commands == 0;
+                self.transfer_since_barrier = true;
+            }
+            if self.commands == 0 {
                 if let Some(p) = self.profiler.as_mut().filter(|p| p.enabled) {
                     d.cmd_reset_query_pool(self.cmd, p.pool, 0, QUERIES);
                     d.cmd_write_timestamp(
@@ -167,23 +251,31 @@ impl Recorder {
                     );
                     p.marks.clear();
                 }
-            } else if !skip {
-                let stages =
-                    vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER;
+            }
+            if !skip {
+                let (mut src, mut src_access) = (
+                    vk::PipelineStageFlags::COMPUTE_SHADER,
+                    vk::AccessFlags::SHADER_WRITE,
+                );
+                if self.transfer_since_barrier || self.all_stages {
+                    src |= vk::PipelineStageFlags::TRANSFER;
+                    src_access |= vk::AccessFlags::TRANSFER_WRITE;
+                }
+                let (mut dst, mut dst_access) = (
+                    vk::PipelineStageFlags::COMPUTE_SHADER,
+                    vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE,
+                );
+                if transfer || self.all_stages {
+                    dst |= vk::PipelineStageFlags::TRANSFER;
+                    dst_access |= vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE;
+                }
                 let barrier = [vk::MemoryBarrier::default()
-                    .src_access_mask(
-                        vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::TRANSFER_WRITE,
-                    )
-                    .dst_access_mask(
-                        vk::AccessFlags::SHADER_READ
-                            | vk::AccessFlags::SHADER_WRITE
-                            | vk::AccessFlags::TRANSFER_READ
-                            | vk::AccessFlags::TRANSFER_WRITE,
-                    )];
+                    .src_access_mask(src_access)
+                    .dst_access_mask(dst_access)];
                 d.cmd_pipeline_barrier(
                     self.cmd,
-                    stages,
-                    stages,
+                    src,
+                    dst,
                     vk::DependencyFlags::empty(),
                     &barrier,
                     &[],
@@ -191,7 +283,33 @@ impl Recorder {
                 );
             }
         }
+        if !skip {
+            self.transfer_since_barrier = false;
+        }
+        self.transfer_since_barrier |= transfer;
         self.commands += 1;
+        self.in_cmd += 1;
+        Ok(())
+    }
+
+    /// Ends and submits the command buffer being recorded (no wait) and takes a fresh one.
+    fn submit(&mut self, dev: &Device) -> Result<()> {
+        let d = &dev.device;
+        // SAFETY: `cmd` is recording; the next one is reset (spare) or new.
+        unsafe {
+            d.end_command_buffer(self.cmd)
+                .context("vkEndCommandBuffer")?;
+            let cmds = [self.cmd];
+            let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
+            d.queue_submit(dev.queue, &submit, self.fence)
+                .context("vkQueueSubmit")?;
+        }
+        self.in_flight.push((self.cmd, self.fence));
+        (self.cmd, self.fence) = match self.spare.pop() {
+            Some(c) => c,
+            None => new_command_buffer(dev, self.cmd_pool)?,
+        };
+        self.recording = false;
         Ok(())
     }
 
@@ -281,7 +399,7 @@ impl Recorder {
     ) -> Result<()> {
         assert!(push.len() * 4 <= PUSH_BYTES as usize);
         let (pipeline, layout, set) = self.pipelines.set_arrays(dev, name, spec, bindings)?;
-        self.next_command(dev)?;
+        self.next_command(dev, false)?;
         let d = &dev.device;
         let bytes: Vec<u8> = push.iter().flat_map(|v| v.to_le_bytes()).collect();
         // SAFETY: the command buffer is recording; pipeline, layout and set are alive and
@@ -315,7 +433,7 @@ impl Recorder {
         if regions.is_empty() {
             return Ok(());
         }
-        self.next_command(dev)?;
+        self.next_command(dev, true)?;
         // SAFETY: recording; the regions lie inside both buffers (callers check lengths).
         unsafe { dev.device.cmd_copy_buffer(self.cmd, src, dst, regions) };
         self.mark(dev, "copy");
@@ -332,7 +450,7 @@ impl Recorder {
     ) -> Result<()> {
         assert!(data.len() % 4 == 0 && offset % 4 == 0);
         for (i, piece) in data.chunks(UPDATE_MAX).enumerate() {
-            self.next_command(dev)?;
+            self.next_command(dev, true)?;
             // SAFETY: recording; size <= 65536 and 4-byte aligned as the spec requires.
             unsafe {
                 dev.device
@@ -348,21 +466,22 @@ impl Recorder {
         if self.commands == 0 {
             return Ok(());
         }
-        let d = &dev.device;
-        // SAFETY: the command buffer is recording; after the fence wait nothing is pending, so
-        // resetting it and the fence is allowed.
-        unsafe {
-            d.end_command_buffer(self.cmd)
-                .context("vkEndCommandBuffer")?;
-            let cmds = [self.cmd];
-            let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
-            d.queue_submit(dev.queue, &submit, self.fence)
-                .context("vkQueueSubmit")?;
-            d.wait_for_fences(&[self.fence], true, u64::MAX)
-                .context("waiting for the GPU (device lost?)")?;
-            d.reset_fences(&[self.fence])?;
-            d.reset_command_buffer(self.cmd, vk::CommandBufferResetFlags::empty())?;
+        if self.recording {
+            self.submit(dev)?;
         }
+        let d = &dev.device;
+        let fences: Vec<vk::Fence> = self.in_flight.iter().map(|c| c.1).collect();
+        // SAFETY: after the fence wait nothing is pending, so resetting the submitted command
+        // buffers and their fences is allowed.
+        unsafe {
+            d.wait_for_fences(&fences, true, u64::MAX)
+                .context("waiting for the GPU (device lost?)")?;
+            d.reset_fences(&fences)?;
+            for &(c, _) in &self.in_flight {
+                d.reset_command_buffer(c, vk::CommandBufferResetFlags::empty())?;
+            }
+        }
+        self.spare.append(&mut self.in_flight);
         self.commands = 0;
         self.no_barrier = false;
         self.submits += 1;
@@ -452,7 +571,7 @@ impl Recorder {
         }
         let pool = self.profiler.as_ref().map(|p| (p.pool, p.period_ns));
         // Begins the command buffer (the copies below each get their barrier).
-        self.next_command(dev)?;
+        self.next_command(dev, !via_shader)?;
         let d = &dev.device;
         if let Some((qp, _)) = pool {
             // SAFETY: recording; queries 0 and 1 are reset before they are written.
@@ -504,6 +623,9 @@ impl Recorder {
         self.rotated = None;
         self.quantized = None;
         self.pipelines.destroy(dev);
+        for (_, b) in self.signs.drain() {
+            b.destroy(dev);
+        }
         if let Some(b) = self.readback.take() {
             b.destroy(dev);
         }
@@ -514,6 +636,9 @@ impl Recorder {
             dev.device.destroy_query_pool(p.pool, None);
         }
         dev.device.destroy_fence(self.fence, None);
+        for (_, f) in self.spare.drain(..).chain(self.in_flight.drain(..)) {
+            dev.device.destroy_fence(f, None);
+        }
         dev.device.destroy_command_pool(self.cmd_pool, None);
     }
 }

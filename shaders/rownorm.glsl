@@ -1,0 +1,103 @@
+// Helpers of the row-norm kernels (rms_norm_f32, add_rms_norm_f32): one workgroup of WG
+// invocations per row, each invocation owning the vec4s t, t + WG, ... of the row in
+// registers (NV of them: rows up to 4 * NV * WG wide), subgroup reductions, and the optional
+// int8 output of the row for the decode matvecs (the format of quantize_x_f32.comp, optionally
+// after the block Hadamard rotation of hadamard_f32.comp), so no quantize_x / hadamard
+// dispatch and barrier is needed between a norm and the matvec that reads its output.
+//
+// The including shader declares `XQ { uint xq[]; }` and `S { float signs[]; }` and push
+// constants with `d`, `q8`, `block`, `hnorm`.
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#extension GL_KHR_shader_subgroup_shuffle : require
+
+#define WG 1024u
+#define NV 4u
+layout(local_size_x = 1024) in;
+
+// One slot per subgroup (subgroups are at least 8 wide on every device we target: <= 128).
+shared float red[128];
+// The row for the Hadamard rotation (the host rotates here only when d <= 6144: with red[],
+// 25 KB of the 32 KB lavapipe allows).
+shared float hs[6144];
+
+// Sum of v over the workgroup, in every invocation.
+float workgroup_sum(float v) {
+    float s = subgroupAdd(v);
+    if (subgroupElect()) {
+        red[gl_SubgroupID] = s;
+    }
+    barrier();
+    float tot = 0.0;
+    for (uint i = gl_SubgroupInvocationID; i < gl_NumSubgroups; i += gl_SubgroupSize) {
+        tot += red[i];
+    }
+    tot = subgroupAdd(tot);
+    barrier(); // red is reused by the next call
+    return tot;
+}
+
+// Writes the int8 form of the row held in v (vec4 index t + j * WG) into xq, exactly as
+// quantize_x_f32.comp does (same scale, rounding and sums, so the same bits): codes, one scale
+// per 32 elements, d * sum(q) per 16. A group of 32 is 8 consecutive invocations (WG % 8 == 0,
+// subgroups >= 8), reduced with shuffles. With p.block > 0 the row is first rotated: x * signs,
+// fast Walsh-Hadamard transform per block in shared memory, * hnorm (hadamard_f32's order of
+// operations). Called by every invocation (uniform control flow for the barriers/shuffles).
+void store_q8(vec4 v[NV]) {
+    uint t = gl_LocalInvocationID.x;
+    uint d4 = p.d / 4u;
+    if (p.block > 0u) {
+        for (uint j = 0u; j < NV; j++) {
+            uint i = t + j * WG;
+            if (i < d4) {
+                for (uint c = 0u; c < 4u; c++) {
+                    hs[4u * i + c] = v[j][c] * signs[4u * i + c];
+                }
+            }
+        }
+        barrier();
+        uint hb = p.block / 2u;
+        for (uint h = 1u; h < p.block; h <<= 1u) {
+            for (uint q = t; q < p.d / 2u; q += WG) {
+                uint r = q % hb;
+                uint i = (q / hb) * p.block + (r / h) * 2u * h + (r % h);
+                float a = hs[i], b = hs[i + h];
+                hs[i] = a + b;
+                hs[i + h] = a - b;
+            }
+            barrier();
+        }
+        for (uint j = 0u; j < NV; j++) {
+            uint i = t + j * WG;
+            if (i < d4) {
+                for (uint c = 0u; c < 4u; c++) {
+                    v[j][c] = hs[4u * i + c] * p.hnorm;
+                }
+            }
+        }
+    }
+    for (uint j = 0u; j < NV; j++) {
+        uint i = t + j * WG;
+        vec4 a4 = abs(v[j]);
+        float amax = max(max(a4.x, a4.y), max(a4.z, a4.w));
+        amax = max(amax, subgroupShuffleXor(amax, 1u));
+        amax = max(amax, subgroupShuffleXor(amax, 2u));
+        amax = max(amax, subgroupShuffleXor(amax, 4u));
+        float dq = amax / 127.0;
+        float id = amax > 0.0 ? 127.0 / amax : 0.0;
+        ivec4 c = clamp(ivec4(round(v[j] * id)), ivec4(-127), ivec4(127));
+        int s = c.x + c.y + c.z + c.w;
+        s += subgroupShuffleXor(s, 1u);
+        s += subgroupShuffleXor(s, 2u);
+        if (i < d4) {
+            uvec4 b = uvec4(c) & 0xffu;
+            xq[i] = b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u);
+            if ((i & 7u) == 0u) {
+                xq[d4 + i / 8u] = floatBitsToUint(dq);
+            }
+            if ((i & 3u) == 0u) {
+                xq[d4 + p.d / 32u + i / 4u] = floatBitsToUint(dq * float(s));
+            }
+        }
+    }
+}
