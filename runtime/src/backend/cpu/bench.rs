@@ -426,7 +426,8 @@ fn bench_decode_270m() {
 /// Prefill (128) and decode (64) tokens/s of `.mixq` files or checkpoints, fast mode, median
 /// (min .. max) of `MIXQ_BENCH_REPS` (5) runs after a warm-up: `MIXQ_BENCH_FILES=a.mixq,b.mixq cargo test ... bench_files`. The
 /// figure `mixq-run bench` gives, without the CLI (tokenizer, sampler) around it.
-/// `MIXQ_BENCH_PROFILE=1` adds one run with per-op wall times.
+/// `MIXQ_BENCH_PROFILE=1` adds one run with per-op wall times, `MIXQ_BENCH_KL=1` the
+/// divergence of the fast mode from the exact one.
 #[test]
 #[ignore]
 fn bench_files() {
@@ -453,6 +454,11 @@ fn bench_files() {
             tg[0],
             tg[reps - 1]
         );
+        if std::env::var_os("MIXQ_BENCH_KL").is_some() {
+            let exact = crate::Gemma3::load(&*store, CpuBackend::new(Some(THREADS)).unwrap());
+            let (kl, klmax, same) = compare(&exact.unwrap(), &m, 128, 32);
+            eprintln!("  KL(exact || fast) mean {kl:.2e} max {klmax:.2e} over 128 positions; greedy agrees for {same}/32 tokens");
+        }
         if std::env::var_os("MIXQ_BENCH_PROFILE").is_some() {
             m.backend.reset_report();
             m.backend.set_profiling(true);

@@ -498,7 +498,28 @@ impl Backend for CpuBackend {
         let xt = |t: usize| &x[t * cols..(t + 1) * cols];
         // SAFETY (all kernel calls below): the ISA was detected, row sizes validated at load,
         // activations hold n * cols values.
-        if !w.qtype.is_quantized() {
+        if !w.qtype.is_quantized() && self.opts.int8_activations && n < GEMM_MIN_TOKENS {
+            // Decode on float weights (the HF checkpoint): one row per call, on the team.
+            let f = kernels::f_dot_fast(isa, w.qtype);
+            let per_unit = (rows / (self.threads * 8)).clamp(16, 1024);
+            let outp = OutPtr(out.as_mut_ptr());
+            let (bytes, rb): (&[u8], usize) = (&w.bytes, w.row_bytes);
+            team::for_each_unit(
+                &self.team,
+                rows.div_ceil(per_unit),
+                || (),
+                |_, u| {
+                    for r in u * per_unit..((u + 1) * per_unit).min(rows) {
+                        for t in 0..n {
+                            // SAFETY: as above; (t, r) is this unit's only.
+                            unsafe {
+                                outp.write(t * rows + r, f(&bytes[r * rb..(r + 1) * rb], xt(t)))
+                            };
+                        }
+                    }
+                },
+            );
+        } else if !w.qtype.is_quantized() {
             // Float weights widen in registers; 4 rows share each activation load.
             let (f1, f4) = (kernels::f_dot(isa, w.qtype), kernels::f_dot4(isa, w.qtype));
             self.for_rows(

@@ -91,6 +91,13 @@ fn float_dots_match_the_reference() {
                     let want = dot_row(q, row, &x).unwrap();
                     let tol = 1e-5 * abs_dot(&w, &x);
                     let got = unsafe { kernels::f_dot(isa, q)(row, &x) };
+                    let fast = unsafe { kernels::f_dot_fast(isa, q)(row, &x) };
+                    assert!(
+                        (fast - want).abs() <= tol,
+                        "{} {} {cols} fast: {fast} vs {want}",
+                        isa.name(),
+                        q.name()
+                    );
                     assert!(
                         (got - want).abs() <= tol,
                         "{} {} {cols}: {got} vs {want}",

@@ -106,6 +106,19 @@ pub fn f_dot(isa: Isa, q: QType) -> FDot {
     }
 }
 
+/// The fast mode's f32-activation row kernel: [`f_dot`], on zmm where the CPU has AVX-512.
+pub fn f_dot_fast(isa: Isa, q: QType) -> FDot {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        return match q {
+            QType::BF16 => x86::zmm_dot_bf16,
+            QType::F16 => x86::zmm_dot_f16,
+            _ => x86::zmm_dot_f32,
+        };
+    }
+    f_dot(isa, q)
+}
+
 pub fn f_dot4(isa: Isa, q: QType) -> FDot4 {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
