@@ -237,6 +237,12 @@ unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// # Safety
+    /// `i` is in bounds of the output.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+
+    /// # Safety
     /// `i` is in bounds of the output and no other task writes it.
     unsafe fn write(self, i: usize, v: f32) {
         *self.0.add(i) = v;
@@ -288,6 +294,48 @@ impl CpuBackend {
 /// Smallest batch the GEMM takes: below it, packing a tile costs more than the row kernels'
 /// per-token unpacking it saves.
 const GEMM_MIN_TOKENS: usize = 4;
+
+impl CpuBackend {
+    /// Whether the float GEMM (fast mode, prefill) runs on this CPU.
+    fn float_gemm(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self.isa == Isa::Avx512Vnni;
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// Prefill on float weights: tiles of 16 rows widened to f32 once, every token against
+    /// them (`x` already rotated; `out` holds `n * rows`).
+    #[cfg(target_arch = "x86_64")]
+    fn float_gemm_matmul(&self, w: &CpuWeight, x: &[f32], n: usize, out: &mut [f32]) {
+        use kernels::gemm::{fgemm_tile, FTile, TILE};
+        let (rows, cols) = (w.rows, w.cols);
+        let tiles = rows.div_ceil(TILE);
+        let per_unit = (tiles / (self.threads * 4)).max(1);
+        let outp = OutPtr(out.as_mut_ptr());
+        let (bytes, rb): (&[u8], usize) = (&w.bytes, w.row_bytes);
+        team::for_each_unit(
+            &self.team,
+            tiles.div_ceil(per_unit),
+            || FTile::new(w.qtype, cols),
+            |tile, u| {
+                for tr in (u * per_unit * TILE..((u + 1) * per_unit * TILE).min(rows)).step_by(TILE)
+                {
+                    let nr = (rows - tr).min(TILE);
+                    tile.pack(bytes[tr * rb..(tr + nr) * rb].chunks_exact(rb));
+                    // SAFETY: AVX-512 checked by float_gemm; rows tr..tr + nr of every token
+                    // are this unit's only.
+                    unsafe { fgemm_tile(tile, nr, x, n, outp.at(tr), rows) };
+                }
+            },
+        );
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn float_gemm_matmul(&self, _: &CpuWeight, _: &[f32], _: usize, _: &mut [f32]) {
+        unreachable!("float_gemm is false")
+    }
+}
 
 /// A thread's scratch tile for the GEMM.
 #[cfg(target_arch = "x86_64")]
@@ -519,6 +567,8 @@ impl Backend for CpuBackend {
                     }
                 },
             );
+        } else if !w.qtype.is_quantized() && self.opts.int8_activations && self.float_gemm() {
+            self.float_gemm_matmul(w, x, n, out);
         } else if !w.qtype.is_quantized() {
             // Float weights widen in registers; 4 rows share each activation load.
             let (f1, f4) = (kernels::f_dot(isa, w.qtype), kernels::f_dot4(isa, w.qtype));

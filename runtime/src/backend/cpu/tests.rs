@@ -492,3 +492,45 @@ fn vector_gelu_matches_tanh_gelu() {
         );
     }
 }
+
+/// The float GEMM (fast-mode prefill on F32 / F16 / BF16 weights) against the reference dots:
+/// partial tiles, token tails, and widths that are not a multiple of 16.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn float_gemm_matches_the_reference() {
+    use kernels::gemm::{fgemm_tile, FTile, TILE};
+    if !Isa::available().contains(&Isa::Avx512Vnni) {
+        return;
+    }
+    for q in [QType::F32, QType::F16, QType::BF16] {
+        for (rows, cols) in [(37, 37), (16, 640), (5, 2048), (33, 20)] {
+            let rb = q.row_bytes(cols).unwrap();
+            let bytes = quantized(q, rows, cols, 3 + rows as u64);
+            for n in [1, 7, 8, 13] {
+                let x = rand_vec(n * cols, 23 + n as u64);
+                let mut out = vec![f32::NAN; n * rows];
+                let mut tile = FTile::new(q, cols);
+                for r0 in (0..rows).step_by(TILE) {
+                    let nr = (rows - r0).min(TILE);
+                    tile.pack(bytes[r0 * rb..(r0 + nr) * rb].chunks_exact(rb));
+                    unsafe { fgemm_tile(&tile, nr, &x, n, out.as_mut_ptr().add(r0), rows) };
+                }
+                for t in 0..n {
+                    let xt = &x[t * cols..(t + 1) * cols];
+                    for r in 0..rows {
+                        let row = &bytes[r * rb..(r + 1) * rb];
+                        let mut w = vec![0f32; cols];
+                        dequantize_row(q, row, &mut w).unwrap();
+                        let want = dot_row(q, row, xt).unwrap();
+                        let got = out[t * rows + r];
+                        assert!(
+                            (got - want).abs() <= 1e-5 * abs_dot(&w, xt),
+                            "{} {rows}x{cols} n={n} t={t} r={r}: {got} vs {want}",
+                            q.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

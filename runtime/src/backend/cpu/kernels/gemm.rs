@@ -330,3 +330,113 @@ unsafe fn block_i2<const T: usize>(tile: &Tile, a: &QAct, t0: usize) -> [__m512;
     }
     facc
 }
+
+/// One tile of up to [`TILE`] rows of a float weight (F32 / F16 / BF16), widened to f32 and
+/// interleaved `[cols][TILE]`: one zmm is one column of 16 rows, and an FMA against one
+/// activation broadcast to every lane is 16 MACs. The activations stay f32.
+pub struct FTile {
+    qtype: QType,
+    cols: usize,
+    /// `[cols][TILE]` f32.
+    w: Vec<f32>,
+    /// Scratch: the tile's rows widened, `[TILE][cols]`.
+    rows: Vec<f32>,
+}
+
+impl FTile {
+    pub fn new(qtype: QType, cols: usize) -> FTile {
+        FTile {
+            qtype,
+            cols,
+            w: vec![0.0; cols * TILE],
+            rows: vec![0.0; cols * TILE],
+        }
+    }
+
+    pub fn fits(&self, q: QType, cols: usize) -> bool {
+        self.qtype == q && self.cols == cols
+    }
+
+    /// Widens and interleaves `rows` (at most [`TILE`] stored rows of this type and width).
+    pub fn pack<'r>(&mut self, rows: impl ExactSizeIterator<Item = &'r [u8]>) {
+        assert!(rows.len() <= TILE);
+        let (cols, dec) = (self.cols, super::decode(super::Isa::Avx512Vnni, self.qtype));
+        for (r, row) in rows.enumerate() {
+            // SAFETY: AVX-512 implies the AVX2 decoders' features; the row holds `cols` values.
+            unsafe { dec(row, &mut self.rows[r * cols..(r + 1) * cols]) };
+        }
+        // SAFETY: callers of this module run on AVX-512 (module doc).
+        unsafe { self.interleave() };
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn interleave(&mut self) {
+        let cols = self.cols;
+        let full = cols / 16 * 16;
+        for c in (0..full).step_by(16) {
+            let mut v = [_mm512_setzero_si512(); TILE];
+            for (r, x) in v.iter_mut().enumerate() {
+                *x = _mm512_castps_si512(_mm512_loadu_ps(self.rows.as_ptr().add(r * cols + c)));
+            }
+            transpose16(&mut v);
+            for (k, x) in v.iter().enumerate() {
+                _mm512_storeu_ps(
+                    self.w.as_mut_ptr().add((c + k) * TILE),
+                    _mm512_castsi512_ps(*x),
+                );
+            }
+        }
+        for k in full..cols {
+            for r in 0..TILE {
+                self.w[k * TILE + r] = self.rows[r * cols + k];
+            }
+        }
+    }
+}
+
+/// `out[t * ld + i] = sum_k w[i, k] x[t * cols + k]` for the tile's `nr` rows, tokens `0..n`.
+pub unsafe fn fgemm_tile(tile: &FTile, nr: usize, x: &[f32], n: usize, out: *mut f32, ld: usize) {
+    debug_assert!(x.len() >= n * tile.cols && nr <= TILE);
+    let mut t0 = 0;
+    while t0 < n {
+        let m = (n - t0).min(TB);
+        let o = out.add(t0 * ld);
+        match m {
+            8 => fblock::<8>(tile, nr, x, t0, o, ld),
+            7 => fblock::<7>(tile, nr, x, t0, o, ld),
+            6 => fblock::<6>(tile, nr, x, t0, o, ld),
+            5 => fblock::<5>(tile, nr, x, t0, o, ld),
+            4 => fblock::<4>(tile, nr, x, t0, o, ld),
+            3 => fblock::<3>(tile, nr, x, t0, o, ld),
+            2 => fblock::<2>(tile, nr, x, t0, o, ld),
+            _ => fblock::<1>(tile, nr, x, t0, o, ld),
+        }
+        t0 += m;
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn fblock<const T: usize>(
+    tile: &FTile,
+    nr: usize,
+    x: &[f32],
+    t0: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    let cols = tile.cols;
+    let xs: [*const f32; T] = std::array::from_fn(|t| x.as_ptr().add((t0 + t) * cols));
+    let w = tile.w.as_ptr();
+    let mut acc = [_mm512_setzero_ps(); T];
+    for k in 0..cols {
+        let wv = _mm512_loadu_ps(w.add(k * TILE));
+        for t in 0..T {
+            acc[t] = _mm512_fmadd_ps(wv, _mm512_set1_ps(*xs[t].add(k)), acc[t]);
+        }
+    }
+    let mask: __mmask16 = if nr >= TILE { !0 } else { (1u16 << nr) - 1 };
+    for (t, v) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(out.add(t * ld), mask, *v);
+    }
+}
