@@ -128,9 +128,8 @@ impl Tile {
         };
         match self.qtype {
             QType::I8Asym => {
-                for g in 0..groups {
-                    set(g, h(row, 4 * g), h(row, 4 * g + 2));
-                }
+                // SAFETY: AVX-512 (module doc); the row holds 2 * groups f16 parameters.
+                unsafe { pairs_f16(row, groups, &mut set) };
                 out.copy_from_slice(&row[4 * groups..4 * groups + cols]);
             }
             QType::I8Sym => {
@@ -147,19 +146,13 @@ impl Tile {
                     QType::I4Grouped => (4 * groups, None),
                     _ => (8, Some((f(row, 0), f(row, 4)))),
                 };
-                for g in 0..groups {
-                    let (s, m) = per_row.unwrap_or_else(|| (h(row, 4 * g), h(row, 4 * g + 2)));
-                    set(g, s, m);
+                match per_row {
+                    Some((s, m)) => (0..groups).for_each(|g| set(g, s, m)),
+                    // SAFETY: as above.
+                    None => unsafe { pairs_f16(row, groups, &mut set) },
                 }
-                for (c, o) in row[p..p + cols / 2]
-                    .chunks_exact(32)
-                    .zip(out.chunks_exact_mut(64))
-                {
-                    for j in 0..32 {
-                        o[j] = c[j] & 15;
-                        o[j + 32] = c[j] >> 4;
-                    }
-                }
+                // SAFETY: AVX-512 (module doc); cols / 2 code bytes, cols output bytes.
+                unsafe { nibbles(&row[p..p + cols / 2], out) };
             }
             QType::I2Structured => {
                 let codes = &row[12 * groups..];
@@ -167,18 +160,70 @@ impl Tile {
                     let p = &row[12 * sb..12 * sb + 12];
                     set(sb, h(p, 0), -h(p, 2));
                     for s in 0..8 {
-                        let (sc, m) = (p[4 + s] & 15, p[4 + s] >> 4);
+                        let m = p[4 + s] >> 4;
                         self.m16[((sb * 4 + s / 2) * TILE + r) * 2 + s % 2] = m as i16;
-                        for j in 0..16 {
-                            let k = 16 * s + j;
-                            let q = (codes[32 * sb + k % 32] >> (2 * (k / 32))) & 3;
-                            out[128 * sb + k] = q * sc;
-                        }
                     }
+                    // SAFETY: AVX-512 (module doc); 32 code bytes, 128 output bytes.
+                    unsafe {
+                        crumbs(
+                            &codes[32 * sb..32 * sb + 32],
+                            &p[4..12],
+                            &mut out[128 * sb..128 * sb + 128],
+                        )
+                    };
                 }
             }
             q => unreachable!("{} has no integer GEMM", q.name()),
         }
+    }
+}
+
+/// A row's interleaved f16 `(scale, min)` pairs of `groups` groups, 8 groups per conversion.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn pairs_f16(row: &[u8], groups: usize, set: &mut impl FnMut(usize, f32, f32)) {
+    debug_assert!(row.len() >= 4 * groups);
+    let mut buf = [0f32; 16];
+    for g0 in (0..groups).step_by(8) {
+        let m = (groups - g0).min(8);
+        let mask: __mmask16 = ((1u32 << (2 * m)) - 1) as u16;
+        let v = _mm256_maskz_loadu_epi16(mask, row.as_ptr().add(4 * g0) as *const i16);
+        _mm512_storeu_ps(buf.as_mut_ptr(), _mm512_cvtph_ps(v));
+        for j in 0..m {
+            set(g0 + j, buf[2 * j], buf[2 * j + 1]);
+        }
+    }
+}
+
+/// 4-bit chunks (32 bytes: element j low nibble, j + 32 high nibble) to one byte per code.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn nibbles(codes: &[u8], out: &mut [u8]) {
+    debug_assert!(out.len() == 2 * codes.len() && codes.len() % 32 == 0);
+    let sh = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(4));
+    let m15 = _mm512_set1_epi8(15);
+    for (i, c) in codes.chunks_exact(32).enumerate() {
+        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(c.as_ptr() as *const __m256i));
+        let q = _mm512_and_si512(_mm512_srlv_epi16(v, sh), m15);
+        _mm512_storeu_si512(out.as_mut_ptr().add(64 * i) as *mut _, q);
+    }
+}
+
+/// One I2 super-block: 32 code bytes (elements j, j+32, j+64, j+96 in bit pairs) to 128 bytes
+/// `q * sc`, the 4-bit sub-scale of each 16 elements applied by a byte shuffle of the table
+/// `[0, sc, 2 sc, 3 sc]` (one table per 128-bit lane = one sub-group).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn crumbs(codes: &[u8], sc_m: &[u8], out: &mut [u8]) {
+    debug_assert!(codes.len() == 32 && sc_m.len() == 8 && out.len() == 128);
+    let v = _mm256_loadu_si256(codes.as_ptr() as *const __m256i);
+    let m3 = _mm256_set1_epi8(3);
+    let tbl = |s: u8| -> i32 {
+        let s = (s & 15) as i32;
+        s << 8 | (2 * s) << 16 | (3 * s) << 24
+    };
+    for k in 0..4 {
+        let q = _mm256_and_si256(_mm256_srlv_epi16(v, _mm256_set1_epi16(2 * k as i16)), m3);
+        let t = _mm256_setr_epi32(tbl(sc_m[2 * k]), 0, 0, 0, tbl(sc_m[2 * k + 1]), 0, 0, 0);
+        let y = _mm256_shuffle_epi8(t, q);
+        _mm256_storeu_si256(out.as_mut_ptr().add(32 * k) as *mut __m256i, y);
     }
 }
 

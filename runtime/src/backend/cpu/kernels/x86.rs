@@ -594,7 +594,7 @@ macro_rules! zmm_float_dot {
         /// One row at a time: the row is a single sequential stream, which the hardware
         /// prefetchers follow better than the 4 interleaved rows of the `dot4` kernels (at
         /// DRAM speed, 4-row BF16 tiles ran at a third of the int8 kernels' GB/s).
-        #[target_feature(enable = "avx512f,avx512bw,f16c")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
         pub unsafe fn $name(row: &[u8], x: &[f32]) -> f32 {
             let n = x.len();
             let (w, xp) = (row.as_ptr(), x.as_ptr());
