@@ -534,3 +534,26 @@ fn float_gemm_matches_the_reference() {
         }
     }
 }
+
+/// The AVX-512 activation quantizer gives the portable one's codes, scales and sums exactly.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vector_activation_quantizer_is_exact() {
+    if !Isa::available().contains(&Isa::Avx512Vnni) {
+        return;
+    }
+    for blk in [16, 32, 64, 128] {
+        let mut x = rand_vec(8 * blk, blk as u64);
+        x[3] = 300.0;
+        x[blk + 5] = -0.5; // ties and a block of small values
+        x[2 * blk..3 * blk].fill(0.0);
+        for xs in x.chunks_exact(blk) {
+            let (mut q0, mut q1) = (vec![0i8; blk], vec![0i8; blk]);
+            let (mut s0, mut s1) = (vec![0i16; blk / 16], vec![0i16; blk / 16]);
+            let a = kernels::quantize_block(xs, &mut q0, &mut s0);
+            let b = unsafe { kernels::x86::quantize_block(xs, &mut q1, &mut s1) };
+            assert_eq!(a.0.to_bits(), b.0.to_bits());
+            assert_eq!((a.1, &q0, &s0), (b.1, &q1, &s1));
+        }
+    }
+}

@@ -179,6 +179,27 @@ pub fn act_block(q: QType) -> usize {
     }
 }
 
+/// One block of activations to int8: `(scale, sum of codes)`, and the sums per 16 in `s16`.
+/// Round half away from zero; `|x / d| <= 127` by construction. The AVX-512 version
+/// (`x86::quantize_block`) performs the same f32 operations, so its codes are identical.
+pub fn quantize_block(xs: &[f32], qs: &mut [i8], s16: &mut [i16]) -> (f32, i32) {
+    let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in qs.iter_mut().zip(xs) {
+        let y = v * id;
+        let r = (y + 0.5f32.copysign(y)) as i32;
+        let r = r.clamp(-127, 127);
+        *q = r as i8;
+        sum += r;
+    }
+    for (s, qs) in s16.iter_mut().zip(qs.chunks_exact(16)) {
+        *s = qs.iter().map(|&q| q as i16).sum();
+    }
+    (d, sum)
+}
+
 /// Activations quantized to int8 in blocks of `blk`: `x ≈ d[b] * q[i]` for `i` in block `b`.
 /// Tokens are contiguous (`n` rows of `cols`).
 pub struct QAct {
@@ -210,32 +231,26 @@ impl QAct {
             s16: vec![0; n * cols / 16],
             tot: vec![0.0; n],
         };
+        #[cfg(target_arch = "x86_64")]
+        let simd = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
         for (b, (xs, qs)) in x[..n * cols]
             .chunks_exact(blk)
             .zip(a.q.chunks_exact_mut(blk))
             .enumerate()
         {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in qs.iter_mut().zip(xs) {
-                let y = v * id;
-                // round half away from zero; |y| <= 127 by construction
-                let r = (y + 0.5f32.copysign(y)) as i32;
-                let r = r.clamp(-127, 127);
-                *q = r as i8;
-                sum += r;
-            }
+            let s16 = &mut a.s16[b * blk / 16..(b + 1) * blk / 16];
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: features checked above; blk is a multiple of 16.
+            let (d, sum) = if simd {
+                unsafe { x86::quantize_block(xs, qs, s16) }
+            } else {
+                quantize_block(xs, qs, s16)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let (d, sum) = quantize_block(xs, qs, s16);
             a.d[b] = d;
             a.dsum[b] = d * sum as f32;
             a.tot[b * blk / cols] += d * sum as f32;
-            for (s, qs) in a.s16[b * blk / 16..(b + 1) * blk / 16]
-                .iter_mut()
-                .zip(qs.chunks_exact(16))
-            {
-                *s = qs.iter().map(|&q| q as i16).sum();
-            }
         }
         a
     }

@@ -646,3 +646,40 @@ zmm_float_dot!(zmm_dot_f32, 4, |p, m| _mm512_maskz_loadu_ps(
     m,
     p as *const f32
 ));
+
+/// [`super::quantize_block`] on zmm: the same f32 operations (a multiply, an add of ±0.5, a
+/// truncation), so the same codes. `xs.len()` is a multiple of 16.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn quantize_block(xs: &[f32], qs: &mut [i8], s16: &mut [i16]) -> (f32, i32) {
+    let n = xs.len();
+    debug_assert!(n % 16 == 0 && qs.len() == n && s16.len() == n / 16);
+    let p = xs.as_ptr();
+    let mut m = _mm512_setzero_ps();
+    for i in (0..n).step_by(16) {
+        m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(p.add(i))));
+    }
+    let d = _mm512_reduce_max_ps(m) / 127.0;
+    let id = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+    let (half, sign) = (_mm512_set1_ps(0.5), _mm512_set1_epi32(i32::MIN));
+    let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+    let mut sum = 0i32;
+    for i in (0..n).step_by(16) {
+        let y = _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), id);
+        let h = _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_and_si512(_mm512_castps_si512(y), sign),
+            _mm512_castps_si512(half),
+        ));
+        let r = _mm512_min_epi32(
+            _mm512_max_epi32(_mm512_cvttps_epi32(_mm512_add_ps(y, h)), lo),
+            hi,
+        );
+        let s = _mm512_reduce_add_epi32(r);
+        sum += s;
+        s16[i / 16] = s as i16;
+        _mm_storeu_si128(
+            qs.as_mut_ptr().add(i) as *mut __m128i,
+            _mm512_cvtepi32_epi8(r),
+        );
+    }
+    (d, sum)
+}
