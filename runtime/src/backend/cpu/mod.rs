@@ -1,17 +1,21 @@
-//! The CPU backend: SIMD kernels chosen at run time, rayon across rows, weights read in place
-//! from the memory map (a `CpuWeight` is a view, nothing is copied at load).
+//! The CPU backend: SIMD kernels chosen at run time, weights read in place from the memory
+//! map (a `CpuWeight` is a view, nothing is copied at load).
 //!
 //! Two modes:
 //! - [`CpuBackend::new`]: **exact**. f32 activations; quantized rows are dequantized in
 //!   registers bit-identically to the format's reference; f32 KV cache. Every other backend and
-//!   the golden tests compare against this mode.
+//!   the golden tests compare against this mode. Rows in parallel through rayon.
 //! - [`CpuBackend::fast`]: what `mixq-run` should use. Activations are quantized per group to
 //!   int8 for integer dot products against quantized weights, and the KV cache is f16. The
 //!   difference from exact mode is activation/KV rounding only (tests bound it; the benchmark
-//!   reports KL divergence on the real model).
+//!   reports KL divergence on the real model). On AVX-512 VNNI: prefill (4+ tokens) runs a
+//!   GEMM that unpacks each tile of 16 weight rows once for all tokens (`kernels/gemm.rs`; float
+//!   weights get an f32 one), decode the row kernels; q/k/v and gate/up share one fork-join,
+//!   and matmuls run on a spinning team (`team.rs`) instead of rayon.
 //!
-//! Layout: `kernels/` (row kernels per type and ISA, checked against the format's scalar
-//! reference), `kv.rs` (cache + attention), `tests.rs`, `bench.rs` (ignored benchmarks).
+//! Layout: `kernels/` (row kernels per type and ISA and the GEMM, checked against the
+//! format's scalar reference), `kv.rs` (cache + attention), `team.rs` (fork-join for the
+//! matmuls), `tests.rs`, `bench.rs` (ignored benchmarks; `bench_files` times real files).
 
 #[cfg(test)]
 mod bench;
