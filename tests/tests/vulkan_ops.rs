@@ -868,6 +868,25 @@ fn norms_and_attention_write_int8_inputs() {
             &cgo,
             3.0 * NMSE_Q8,
         );
+        // A layer's end (no next norm) then the next pre-norm of the same x into the same y:
+        // one dispatch (the first is deferred and fused), same x and y.
+        c.add_rms_norm(&mut cx, &mut cy, &cw2, None, 1, d, 1e-6);
+        c.rms_norm_into(&cx, &cw1, 1, d, 1e-6, &mut cy);
+        let d0 = dispatches(&v);
+        v.add_rms_norm(&mut vx, &mut vy, &vw2, None, 1, d, 1e-6);
+        v.rms_norm_into(&vx, &vw1, 1, d, 1e-6, &mut vy);
+        assert_eq!(
+            dispatches(&v) - d0,
+            1,
+            "round {round}: layer end + pre-norm"
+        );
+        check("layer end x", &v.download(&vx, d), &cx, NMSE_F32);
+        check("next pre-norm y", &v.download(&vy, d), &cy, NMSE_F32);
+        // Deferred, then something else reads x: recorded before it.
+        c.add_rms_norm(&mut cx, &mut cy, &cw2, None, 1, d, 1e-6);
+        v.add_rms_norm(&mut vx, &mut vy, &vw2, None, 1, d, 1e-6);
+        check("deferred layer end x", &v.download(&vx, d), &cx, NMSE_F32);
+        check("deferred layer end y", &v.download(&vy, d), &cy, NMSE_F32);
     }
     // Attention decode (split-K and not), then o_proj on its output: no quantize_x.
     let (heads, kv_heads, hd) = (4, 2, 64);

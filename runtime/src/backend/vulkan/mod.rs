@@ -42,6 +42,9 @@ pub(crate) struct Shared {
     /// Decode matvecs of integer formats run on int8 activations (`*_{w}_q8`); on by default
     /// where the device has integer dot products ([`VulkanBackend::set_int8_activations`]).
     q8: std::sync::atomic::AtomicBool,
+    /// Defer a layer's last add_rms_norm to fuse it with the next pre-norm (on unless
+    /// `MIXQ_VK_DEFER_NORM=0`; [`VulkanBackend::try_add_rms_norm`]).
+    defer_norms: bool,
     /// Dropped last: the device is destroyed in Drop, before the instance.
     instance: Instance,
 }
@@ -394,6 +397,7 @@ impl VulkanBackend {
                 rec: Mutex::new(rec),
                 max_binding,
                 q8: std::sync::atomic::AtomicBool::new(true),
+                defer_norms: std::env::var("MIXQ_VK_DEFER_NORM").map_or(true, |v| v != "0"),
                 instance,
             }),
             upload_path,
@@ -536,8 +540,24 @@ impl VulkanBackend {
         }
     }
 
+    /// The recorder, with a deferred add_rms_norm ([`Recorder::pending_norm`]) recorded
+    /// first: every op but rms_norm_into goes through here before recording, reading or
+    /// handing out anything.
     fn rec(&self) -> MutexGuard<'_, Recorder> {
+        let mut rec = self.rec_deferred();
+        if let Some(pn) = rec.pending_norm.take() {
+            ok(self.record_pending(&mut rec, pn));
+        }
+        rec
+    }
+
+    /// The recorder as it is (a deferred add_rms_norm stays pending).
+    fn rec_deferred(&self) -> MutexGuard<'_, Recorder> {
         self.shared.rec.lock().expect("vulkan recorder poisoned")
+    }
+
+    fn record_pending(&self, rec: &mut Recorder, pn: ops::PendingNorm) -> Result<()> {
+        self.record_add_rms_norm(rec, pn.x, pn.y, pn.w, None, pn.rows, pn.d, pn.eps, None)
     }
 
     fn dev(&self) -> &Device {
@@ -1111,20 +1131,21 @@ impl VulkanBackend {
                 (name, [wg, per, unroll], u(inter.div_ceil(per as usize)))
             };
             let wb = [gate_w.chunks[0].buffer, up_w.chunks[0].buffer];
+            let push = [
+                u(inter),
+                u(gate_w.cols),
+                u(gate_w.stride),
+                0,
+                u(gate_w.codes_at),
+                0,
+                0,
+            ];
             rec.dispatch_arrays(
                 self.dev(),
                 name,
                 &spec,
                 &[&wb, &[xb], &[gate.buffer()]],
-                &[
-                    u(inter),
-                    u(gate_w.cols),
-                    u(gate_w.stride),
-                    0,
-                    u(gate_w.codes_at),
-                    0,
-                    0,
-                ],
+                &push,
                 grid(groups),
             )?;
             if !q8 && gate_w.rotation.is_some() {
@@ -1163,7 +1184,25 @@ impl VulkanBackend {
             return Ok(());
         }
         check_norm_width(d)?;
-        let mut rec = self.rec();
+        let mut rec = self.rec_deferred();
+        if let Some(pn) = rec.pending_norm.take() {
+            if qkv_input && pn.x == x && pn.y == out && (pn.rows, pn.d, pn.eps) == (rows, d, eps) {
+                // The previous layer's end and this pre-norm: one add_rms_norm_f32.
+                let hint = rec.qkv_hint;
+                return self.record_add_rms_norm(
+                    &mut rec,
+                    x,
+                    out,
+                    pn.w,
+                    Some(wv.buffer()),
+                    rows,
+                    d,
+                    eps,
+                    hint,
+                );
+            }
+            self.record_pending(&mut rec, pn)?;
+        }
         let hint = if qkv_input { rec.qkv_hint } else { None };
         let q8 = self.norm_q8(&mut rec, out, rows, d, hint)?;
         let (xq, block, signs) = q8.as_ref().map_or((out, 0, out), |(b, _, block, signs)| {
@@ -1193,6 +1232,11 @@ impl VulkanBackend {
         Ok(())
     }
 
+    /// add_rms_norm. On one row without a next norm (the end of a layer) nothing is recorded
+    /// yet: the op waits in [`Recorder::pending_norm`] for the next op, and when that is the
+    /// next layer's pre-norm of the same x into the same y (gemma3's run_layer), both become
+    /// one add_rms_norm_f32 with has_next (one command less per layer; y's post-norm value
+    /// was about to be overwritten anyway). Any other op records it first ([`Self::rec`]).
     #[allow(clippy::too_many_arguments)]
     fn try_add_rms_norm(
         &self,
@@ -1211,35 +1255,63 @@ impl VulkanBackend {
         }
         check_norm_width(d)?;
         let mut rec = self.rec();
+        if next.is_none() && rows == 1 && self.shared.defer_norms {
+            rec.pending_norm = Some(ops::PendingNorm {
+                x: x.buffer(),
+                y: y.buffer(),
+                w: wv.buffer(),
+                rows,
+                d,
+                eps,
+            });
+            return Ok(());
+        }
         // The new y feeds the FFN's gate/up: its int8 form as the last fused gate/up wanted.
-        let q8 = match next {
-            Some(_) => {
-                let hint = rec.ffn_hint;
-                self.norm_q8(&mut rec, y.buffer(), rows, d, hint)?
-            }
+        let hint = rec.ffn_hint;
+        self.record_add_rms_norm(
+            &mut rec,
+            x.buffer(),
+            y.buffer(),
+            wv.buffer(),
+            wn.map(|b| b.buffer()),
+            rows,
+            d,
+            eps,
+            hint,
+        )
+    }
+
+    /// Records add_rms_norm_f32 (with the int8 form of the new y as `hint` wants, when there
+    /// is a next norm).
+    #[allow(clippy::too_many_arguments)]
+    fn record_add_rms_norm(
+        &self,
+        rec: &mut Recorder,
+        x: vk::Buffer,
+        y: vk::Buffer,
+        wv: vk::Buffer,
+        wn: Option<vk::Buffer>,
+        rows: usize,
+        d: usize,
+        eps: f32,
+        hint: Option<(usize, Option<(usize, u64)>)>,
+    ) -> Result<()> {
+        let q8 = match wn {
+            Some(_) => self.norm_q8(rec, y, rows, d, hint)?,
             None => None,
         };
-        let (xq, block, signs) = q8
-            .as_ref()
-            .map_or((y.buffer(), 0, y.buffer()), |(b, _, block, signs)| {
-                (b.buffer(), *block, *signs)
-            });
+        let (xq, block, signs) = q8.as_ref().map_or((y, 0, y), |(b, _, block, signs)| {
+            (b.buffer(), *block, *signs)
+        });
         rec.dispatch(
             self.dev(),
             "add_rms_norm_f32",
-            &[
-                x.buffer(),
-                y.buffer(),
-                wv.buffer(),
-                wn.unwrap_or(wv).buffer(),
-                xq,
-                signs,
-            ],
+            &[x, y, wv, wn.unwrap_or(wv), xq, signs],
             &[
                 u(rows),
                 u(d),
                 f(eps),
-                next.is_some() as u32,
+                wn.is_some() as u32,
                 q8.is_some() as u32,
                 block,
                 f(1.0 / (block.max(1) as f32).sqrt()),

@@ -85,6 +85,8 @@ pub struct Recorder {
     pub ffn_hint: Option<(usize, Option<(usize, u64)>)>,
     /// Present when the queue has timestamps (`timestampComputeAndGraphics` or valid bits).
     pub profiler: Option<Profiler>,
+    /// A layer's last add_rms_norm, waiting to be fused with the next pre-norm.
+    pub pending_norm: Option<PendingNorm>,
     /// The next command needs no barrier before it ([`Self::concurrent`]).
     no_barrier: bool,
     /// A copy or update was recorded since the last barrier (or the buffer continues earlier
@@ -92,6 +94,17 @@ pub struct Recorder {
     transfer_since_barrier: bool,
     /// `MIXQ_VK_BARRIER=all`: every barrier names compute and transfer on both sides.
     all_stages: bool,
+}
+
+/// An add_rms_norm without a next norm not recorded yet (vulkan/mod.rs `try_add_rms_norm`).
+pub struct PendingNorm {
+    pub x: vk::Buffer,
+    pub y: vk::Buffer,
+    /// The post-norm weights (f32 vector).
+    pub w: vk::Buffer,
+    pub rows: usize,
+    pub d: usize,
+    pub eps: f32,
 }
 
 /// A rotated copy of an activation buffer, valid while no other command is recorded after the
@@ -189,6 +202,7 @@ impl Recorder {
                 signs: HashMap::new(),
                 qkv_hint: None,
                 ffn_hint: None,
+                pending_norm: None,
                 no_barrier: false,
                 transfer_since_barrier: true,
                 all_stages: std::env::var("MIXQ_VK_BARRIER").is_ok_and(|v| v == "all"),
