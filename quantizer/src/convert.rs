@@ -14,7 +14,8 @@
 //!    importance-weighted search / plain); write it; bind the stored bytes exactly as the
 //!    runtime does and advance the stream through the quantized layer.
 //! 5. Final norm (and an untied lm_head); end-to-end evaluation of the finished tensors
-//!    against the checkpoint on `--eval`; tokenizer, calibration summary and report embedded;
+//!    against the checkpoint on `--eval`, on the CPU path and (unless `--no-npu-eval`, or the
+//!    attention is not int4 in NPU banks) on the emulated NPU path; tokenizer, calibration summary and report embedded;
 //!    index and header written; `<out>.tmp` renamed to `<out>`. Any error before that deletes
 //!    the temporary file: a partial `OUT.mixq` never exists.
 //!
@@ -25,6 +26,7 @@
 //! 1.7 GB) and the calibration stream (tokens x 5376 x 4 B: 44 MB at 2048 tokens): about
 //! 13-14 GB at the peak, under 16 GB. See quantizer/README.md.
 
+use crate::equalize;
 use crate::eval::{self, DEFAULT_EVAL_TOKENS};
 use crate::gptq::{gptq, output_error, GptqOptions};
 use crate::recipe::{self, Method, Recipe, TensorChoice};
@@ -96,6 +98,12 @@ pub struct ConvertArgs {
     /// Skip the end-to-end evaluation (the report then has tensor figures only).
     #[arg(long)]
     pub no_eval: bool,
+    /// Skip the end-to-end figures of the emulated NPU path (the NPU engine model's
+    /// arithmetic in attention: int4 weights of the npu.bank sections, bf16 activations,
+    /// computed on the host CPU). They cost one more model's forward passes over the
+    /// evaluation text (the reference runs once for both); --no-eval skips them too.
+    #[arg(long)]
+    pub no_npu_eval: bool,
     /// Override the method of one quant type, e.g. `--method i4_grouped=search` (repeatable;
     /// methods: gptq, search, rtn).
     #[arg(long = "method", value_name = "TYPE=METHOD")]
@@ -282,6 +290,8 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
     );
     let pass_bar = bars.bar(0, "", "{msg:12} {bar:30} {pos}/{len} tokens");
     let opts = GptqOptions { damp: a.damp };
+    // (layer, norm, α) of every equalized site, for the report's notes
+    let mut equalized: Vec<(usize, String, f64)> = Vec::new();
     for (i, &kind) in config.layer_types.iter().enumerate() {
         layer_bar.set_message(format!("layer {i}"));
         let t_layer = Instant::now();
@@ -291,7 +301,7 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
             .filter(|(n, _)| recipe::layer_of(n) == Some(i))
             .map(|(n, _)| n.clone())
             .collect();
-        let weights: HashMap<String, (usize, usize, Vec<f32>)> = names
+        let mut weights: HashMap<String, (usize, usize, Vec<f32>)> = names
             .iter()
             .map(|n| {
                 let t = ckpt.tensor(n)?;
@@ -311,10 +321,59 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
         let t_observe = t_layer.elapsed().as_secs_f64();
         pass_bar.set_message("quantize");
         let mut stored: HashMap<String, (QType, Vec<u8>, Transform)> = HashMap::new();
+        // channel equalization of the norm-fed sites (src/equalize.rs): their linears are
+        // quantized here, and the norm's gain is rescaled before the loop below stores it
+        let mut done: Vec<String> = Vec::new();
+        for (site, norm) in [
+            (Site::AttnInput, "input_layernorm"),
+            (Site::FfnInput, "pre_feedforward_layernorm"),
+        ] {
+            let norm = format!("model.layers.{i}.{norm}.weight");
+            let members: Vec<&String> = names.iter().filter(|n| site_of(n) == Some(site)).collect();
+            let foldable = choice_of
+                .get(norm.as_str())
+                .is_some_and(|c| c.qtype == QType::F32 && weights.contains_key(&norm));
+            if members.is_empty()
+                || !foldable
+                || !members.iter().all(|n| choice_of[n.as_str()].equalize)
+            {
+                continue;
+            }
+            let Some(hs) = stats.take(site) else { continue };
+            let hm = hs.into_mean();
+            let cols = weights[members[0].as_str()].1;
+            let ms: Vec<equalize::Member> = members
+                .iter()
+                .map(|n| {
+                    let (rows, _, w) = &weights[n.as_str()];
+                    equalize::Member {
+                        choice: choice_of[n.as_str()],
+                        weights: w,
+                        rows: *rows,
+                    }
+                })
+                .collect();
+            let eq = equalize::equalize_site(&ms, &hm, cols, &equalize::ALPHAS, opts)?;
+            drop(ms);
+            let norm_w = &mut weights.get_mut(&norm).expect("checked above").2;
+            equalize::fold_into_norm(norm_w, &eq.scales);
+            equalized.push((i, norm.clone(), eq.alpha));
+            for (name, (bytes, mut q)) in members.into_iter().zip(eq.tensors) {
+                let c = choice_of[name.as_str()];
+                q.section = section_of[name.as_str()].to_string();
+                writer.write_tensor(name, &bytes)?;
+                quality.insert(name.clone(), q);
+                stored.insert(name.clone(), (c.qtype, bytes, c.transform));
+                done.push(name.clone());
+            }
+        }
         // each site's mean Hessian, made in place when first needed and dropped after the
         // last tensor that reads it (at 27B the down projection's is 3.7 GB)
         let mut means: HashMap<usize, Vec<f64>> = HashMap::new();
         for (k, name) in names.iter().enumerate() {
+            if done.contains(name) {
+                continue;
+            }
             let c = choice_of[name.as_str()];
             let (r, cols, w) = &weights[name];
             let site = site_of(name);
@@ -398,6 +457,16 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
         calib.seq_len,
         calib_path.display()
     ));
+    if !equalized.is_empty() {
+        let list: Vec<String> = equalized
+            .iter()
+            .map(|(i, n, a)| format!("{i}.{}={a}", n.rsplit('.').nth(1).unwrap_or(n)))
+            .collect();
+        notes.push(format!(
+            "channel equalization folded into the norms; α per layer (0 = none): {}",
+            list.join(" ")
+        ));
+    }
     notes.push(format!("quantization took {t_quant:.1} s"));
     let mut rep = QualityReport {
         model: a.checkpoint.display().to_string(),
@@ -420,16 +489,35 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
     // ---- end to end, on the finished tensors in <out>.tmp (the file is not renamed yet)
     if let Some(text) = &eval_text {
         let store = TmpStore::open(&a.output, &plan, &config, &tok_json)?;
-        let e = eval::evaluate(
-            &ckpt,
-            &store,
-            &tok,
-            text,
-            &eval_path.display().to_string(),
-            a.eval_tokens,
-            a.threads,
-        )?;
-        rep.end_to_end = Some(e);
+        let source = eval_path.display().to_string();
+        let npu_blocker = npu_eval_blocker(&plan, &dprofile.name);
+        if let (false, Some(why)) = (a.no_npu_eval, &npu_blocker) {
+            rep.notes
+                .push(format!("no emulated-NPU end-to-end figures: {why}"));
+        }
+        if a.no_npu_eval || npu_blocker.is_some() {
+            let e = eval::evaluate(&ckpt, &store, &tok, text, &source, a.eval_tokens, a.threads)?;
+            rep.end_to_end = Some(e);
+        } else {
+            let t = Instant::now();
+            let (e, e_npu) = eval::evaluate_with_npu(
+                &ckpt,
+                &store,
+                &tok,
+                text,
+                &source,
+                a.eval_tokens,
+                a.threads,
+            )?;
+            rep.end_to_end = Some(e);
+            rep.end_to_end_npu = Some(e_npu);
+            rep.notes.push(format!(
+                "end-to-end figures of the emulated NPU path: the NPU engine model's arithmetic in attention \
+                 (int4 weights of the npu.bank sections, bf16 activations, bf16 KV cache) computed on the host CPU, \
+                 not measured on NPU hardware; evaluation of both paths took {:.1} s (--no-npu-eval skips this one)",
+                t.elapsed().as_secs_f64()
+            ));
+        }
     }
 
     // ---- blobs, index, header, rename
@@ -473,6 +561,36 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
             .join(", ")
     ));
     Ok(rep)
+}
+
+/// Why the emulated NPU path cannot run this plan, if it cannot: the NPU engine model reads
+/// the attention projections of the `npu.bank*` sections, and only as int4.
+fn npu_eval_blocker(plan: &Plan, profile: &str) -> Option<String> {
+    let on_npu: Vec<&TensorSpec> = (plan.tensors.iter())
+        .filter(|(s, p)| is_attn_proj(&s.name) && p.section.starts_with("npu.bank"))
+        .map(|(s, _)| s)
+        .collect();
+    if on_npu.is_empty() {
+        return Some(format!(
+            "the `{profile}` profile puts no attention projection in an NPU bank"
+        ));
+    }
+    on_npu
+        .iter()
+        .find(|s| !matches!(s.qtype, QType::I4Grouped | QType::I4PerChannel))
+        .map(|s| {
+            format!(
+                "`{}` is {} in an NPU bank, and the NPU engine model reads int4 attention weights only (I4_GROUPED, I4_PER_CHANNEL)",
+                s.name,
+                s.qtype.name()
+            )
+        })
+}
+
+fn is_attn_proj(name: &str) -> bool {
+    ["q_proj", "k_proj", "v_proj", "o_proj"]
+        .iter()
+        .any(|p| name.ends_with(&format!("self_attn.{p}.weight")))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -782,7 +900,7 @@ impl WeightStore for TmpStore {
         &self.config
     }
     fn weight(&self, name: &str) -> Result<WeightSource> {
-        let (q, r, c, start, len, tr, _section) = self
+        let (q, r, c, start, len, tr, section) = self
             .tensors
             .get(name)
             .ok_or_else(|| anyhow!("tensor `{name}` is not in the file being written"))?;
@@ -793,6 +911,8 @@ impl WeightStore for TmpStore {
             .slice(*start..*start + *len)
             .ok_or_else(|| anyhow!("tensor `{name}` outside the file"))?;
         s.transform = *tr;
+        // The hybrid backend puts the tensors of `npu.bank*` sections on the NPU engine.
+        s.section = Some(section.clone());
         Ok(s)
     }
     fn tokenizer_json(&self) -> Result<Vec<u8>> {
@@ -800,5 +920,46 @@ impl WeightStore for TmpStore {
     }
     fn describe(&self) -> String {
         "the file being written".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gemma_plan(attn: QType, profile: &DeviceProfile) -> Plan {
+        let json = r#"{"model_type":"gemma3_text","vocab_size":256,"hidden_size":64,
+            "intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":2,
+            "num_key_value_heads":1,"head_dim":64,"sliding_window":16,
+            "sliding_window_pattern":2,"query_pre_attn_scalar":64}"#;
+        let cfg = Gemma3Config::from_json_str(json, Path::new("<tiny>")).unwrap();
+        let specs: Vec<TensorSpec> = expected_tensors(&cfg)
+            .into_iter()
+            .map(|(name, shape)| {
+                let q = if shape.len() == 1 {
+                    QType::F32
+                } else if is_attn_proj(&name) {
+                    attn
+                } else {
+                    QType::I8Asym
+                };
+                TensorSpec::new(name, q, &shape)
+            })
+            .collect();
+        profile::plan(&specs, profile).unwrap()
+    }
+
+    #[test]
+    fn the_npu_evaluation_needs_int4_attention_in_npu_banks() {
+        let phoenix = DeviceProfile::phoenix();
+        assert_eq!(
+            npu_eval_blocker(&gemma_plan(QType::I4Grouped, &phoenix), "phoenix"),
+            None
+        );
+        let e = npu_eval_blocker(&gemma_plan(QType::I8Asym, &phoenix), "phoenix").unwrap();
+        assert!(e.contains("I8_ASYM") && e.contains("int4"), "{e}");
+        let e =
+            npu_eval_blocker(&gemma_plan(QType::I4Grouped, &DeviceProfile::gpu()), "gpu").unwrap();
+        assert!(e.contains("`gpu` profile puts no attention"), "{e}");
     }
 }

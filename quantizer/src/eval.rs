@@ -19,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use mixq_format::tokenizer::Tokenizer;
 use mixq_runtime::backend::cpu::CpuBackend;
+use mixq_runtime::backend::hybrid::load_npu_cpu;
 use mixq_runtime::backend::Backend;
 use mixq_runtime::weights::WeightStore;
 use mixq_runtime::{Gemma3, Logits};
@@ -67,30 +68,89 @@ pub fn evaluate_models<B1: Backend, B2: Backend>(
     source_name: &str,
     max_tokens: usize,
 ) -> Result<EndToEnd> {
+    let (e, _) = score::<B1, B2, B2>(
+        reference,
+        quantized,
+        None,
+        tok,
+        text,
+        source_name,
+        max_tokens,
+    )?;
+    Ok(e)
+}
+
+/// [`evaluate`] of `quantized` twice in one pass over the text: on the CPU path and on the
+/// NPU engine model's arithmetic in attention (`--device npu+cpu`: int4 projections of the
+/// `npu.bank*` sections and attention with bf16 activations, emulated on the host CPU). The
+/// reference runs once for both, so the NPU figures cost one more model's forward passes,
+/// not two. Returns (CPU figures, emulated-NPU figures).
+pub fn evaluate_with_npu(
+    reference: &dyn WeightStore,
+    quantized: &dyn WeightStore,
+    tok: &Tokenizer,
+    text: &str,
+    source_name: &str,
+    max_tokens: usize,
+    threads: Option<usize>,
+) -> Result<(EndToEnd, EndToEnd)> {
+    check_compatible(reference, quantized)?;
+    let r = Gemma3::load(reference, CpuBackend::new(threads)?)
+        .with_context(|| format!("loading the reference {}", reference.describe()))?;
+    let q = Gemma3::load(quantized, CpuBackend::new(threads)?)
+        .with_context(|| format!("loading the quantized model {}", quantized.describe()))?;
+    let n = load_npu_cpu(quantized, threads).with_context(|| {
+        format!(
+            "loading {} on the NPU engine model (npu+cpu)",
+            quantized.describe()
+        )
+    })?;
+    let (e, e_npu) = score(&r, &q, Some(&n), tok, text, source_name, max_tokens)?;
+    Ok((e, e_npu.expect("scored with the NPU model")))
+}
+
+/// The lockstep scoring of [`evaluate_models`], with an optional second quantized model
+/// scored against the same reference rows.
+fn score<B1: Backend, B2: Backend, B3: Backend>(
+    reference: &Gemma3<B1>,
+    quantized: &Gemma3<B2>,
+    second: Option<&Gemma3<B3>>,
+    tok: &Tokenizer,
+    text: &str,
+    source_name: &str,
+    max_tokens: usize,
+) -> Result<(EndToEnd, Option<EndToEnd>)> {
     let vocab = reference.config.vocab_size;
-    if quantized.config.vocab_size != vocab {
-        bail!(
-            "the models disagree on the vocabulary: {} vs {} tokens",
-            vocab,
-            quantized.config.vocab_size
-        );
+    for v in std::iter::once(quantized.config.vocab_size).chain(second.map(|m| m.config.vocab_size))
+    {
+        if v != vocab {
+            bail!("the models disagree on the vocabulary: {vocab} vs {v} tokens");
+        }
     }
     let windows = windows(tok, text, reference.config.bos_token_id, max_tokens)?;
     let scored: usize = windows.iter().map(|w| w.len() - 1).sum();
 
     let bar = ProgressBar::new(scored as u64);
+    let models = if second.is_some() {
+        "reference + quantized on the CPU and on the emulated NPU"
+    } else {
+        "both models"
+    };
     bar.set_style(
-        ProgressStyle::with_template(
-            "evaluating {bar:30} {pos}/{len} tokens, both models [{elapsed_precise} < {eta_precise}]",
-        )
+        ProgressStyle::with_template(&format!(
+            "evaluating {{bar:30}} {{pos}}/{{len}} tokens, {models} [{{elapsed_precise}} < {{eta_precise}}]"
+        ))
         .expect("static template"),
     );
     let mut acc = Accumulator::default();
+    let mut acc2 = Accumulator::default();
     let mut ref_lp = vec![0f32; CHUNK * vocab];
+    let mut q_row = vec![0f32; vocab];
     for w in &windows {
         let (inputs, targets) = (&w[..w.len() - 1], &w[1..]);
         let mut sr = reference.new_session();
         let mut sq = quantized.new_session();
+        let mut s2 = second.map(|m| m.new_session());
         for (c, chunk) in inputs.chunks(CHUNK).enumerate() {
             let tgt = &targets[c * CHUNK..c * CHUNK + chunk.len()];
             // Reference: keep this chunk's log-probabilities, score its NLL and argmax.
@@ -102,8 +162,7 @@ pub fn evaluate_models<B1: Backend, B2: Backend>(
                 ref_nll[i] = -row[tgt[i] as usize] as f64;
             })?;
             // Quantized: same positions, compared with the reference's rows.
-            let mut q_row = vec![0f32; vocab];
-            quantized.forward(&mut sq, chunk, Logits::All, |i, logits| {
+            let mut score_row = |acc: &mut Accumulator, i: usize, logits: &[f32]| {
                 let q_top = log_softmax(logits, &mut q_row);
                 let p_row = &ref_lp[i * vocab..(i + 1) * vocab];
                 acc.push(Position {
@@ -112,15 +171,27 @@ pub fn evaluate_models<B1: Backend, B2: Backend>(
                     kl: kl(p_row, &q_row),
                     agree: q_top == ref_top[i],
                 });
+            };
+            quantized.forward(&mut sq, chunk, Logits::All, |i, logits| {
+                score_row(&mut acc, i, logits)
             })?;
+            if let (Some(m), Some(s)) = (second, s2.as_mut()) {
+                m.forward(s, chunk, Logits::All, |i, logits| {
+                    score_row(&mut acc2, i, logits)
+                })?;
+            }
             bar.inc(chunk.len() as u64);
         }
     }
     bar.finish_and_clear();
-    let mut e = acc.finish(source_name);
-    e.window = EVAL_WINDOW;
-    e.windows = windows.len();
-    Ok(e)
+    let finish = |acc: Accumulator| {
+        let mut e = acc.finish(source_name);
+        e.window = EVAL_WINDOW;
+        e.windows = windows.len();
+        e
+    };
+    let e2 = second.map(|_| finish(acc2));
+    Ok((finish(acc), e2))
 }
 
 /// Both stores describe the same architecture (the quantized file came from the reference).

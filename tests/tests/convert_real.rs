@@ -22,6 +22,7 @@ fn args(out: &Path, recipe: &str) -> ConvertArgs {
         eval: None,
         eval_tokens: 64,
         no_eval: true,
+        no_npu_eval: true,
         methods: vec![],
         damp: mixq_quantizer::convert::DEFAULT_DAMP,
         threads: None,

@@ -12,7 +12,7 @@ use std::fmt::Write;
 pub const RETENTION_METRIC: &str = "retention (PPL ratio = PPL_ref / PPL_quant)";
 /// Heading qualifier of the NPU figures.
 pub const NPU_LABEL: &str =
-    "NPU engine model, EMULATED on the host CPU (the NPU's integer arithmetic reproduced in software, not measured on NPU hardware)";
+    "Emulated NPU: the NPU engine model's arithmetic in attention (int4 weights, bf16 activations), EMULATED on the host CPU, not measured on NPU hardware";
 
 /// The whole report.
 pub fn render_markdown(r: &QualityReport) -> String {
@@ -165,7 +165,11 @@ pub fn render_summary(r: &QualityReport) -> String {
         }
     }
     if let Some(e) = &r.end_to_end_npu {
-        line(&mut s, e, "[NPU engine model, EMULATED on the CPU] ");
+        line(
+            &mut s,
+            e,
+            "[emulated NPU: the engine model's arithmetic, EMULATED on the host CPU] ",
+        );
     }
     let spills = r.notes.iter().filter(|n| n.contains("SPILL")).count();
     if spills > 0 {

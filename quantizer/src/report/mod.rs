@@ -25,10 +25,7 @@ use crate::eval::{self, DEFAULT_EVAL_TOKENS};
 use anyhow::{bail, Context, Result};
 use mixq_format::mixq::{Index, MixqFile, BLOB_REPORT};
 use mixq_format::tokenizer::Tokenizer;
-use mixq_runtime::backend::cpu::CpuBackend;
-use mixq_runtime::backend::hybrid::load_npu_cpu;
 use mixq_runtime::weights::{open_store, MixqStore, WeightStore};
-use mixq_runtime::Gemma3;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -371,28 +368,28 @@ pub fn run(a: ReportArgs) -> Result<()> {
         .with_context(|| format!("opening the reference {}", ref_dir.display()))?;
     let tok = Tokenizer::from_bytes(&store.tokenizer_json()?)?;
     let source = eval_path.display().to_string();
-    let e = eval::evaluate(
-        reference.as_ref(),
-        &store,
-        &tok,
-        &text,
-        &source,
-        a.eval_tokens,
-        a.threads,
-    )?;
-    let e_npu = if a.npu {
-        let reference = Gemma3::load(reference.as_ref(), CpuBackend::new(a.threads)?)?;
-        let npu = load_npu_cpu(&store, a.threads)?;
-        Some(eval::evaluate_models(
-            &reference,
-            &npu,
+    let (e, e_npu) = if a.npu {
+        let (e, n) = eval::evaluate_with_npu(
+            reference.as_ref(),
+            &store,
             &tok,
             &text,
             &source,
             a.eval_tokens,
-        )?)
+            a.threads,
+        )?;
+        (e, Some(n))
     } else {
-        None
+        let e = eval::evaluate(
+            reference.as_ref(),
+            &store,
+            &tok,
+            &text,
+            &source,
+            a.eval_tokens,
+            a.threads,
+        )?;
+        (e, None)
     };
     if a.json {
         println!(
@@ -403,6 +400,7 @@ pub fn run(a: ReportArgs) -> Result<()> {
                 "end_to_end": e,
                 "end_to_end_npu_emulated": e_npu,
                 "stored_end_to_end": report.end_to_end,
+                "stored_end_to_end_npu_emulated": report.end_to_end_npu,
             }))?
         );
     } else {
@@ -421,6 +419,16 @@ pub fn run(a: ReportArgs) -> Result<()> {
             print!(
                 "{}",
                 render_end_to_end(stored, "Stored in the file (for comparison)")
+            );
+        }
+        if let Some(stored) = &report.end_to_end_npu {
+            println!();
+            print!(
+                "{}",
+                render_end_to_end(
+                    stored,
+                    &format!("Stored in the file (for comparison): {NPU_LABEL}")
+                )
             );
         }
     }
