@@ -18,7 +18,17 @@ use std::time::{Duration, Instant};
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// A .mixq file, or an HF checkpoint directory (config.json, *.safetensors, tokenizer.json).
-    #[arg(long, short = 'm')]
+    #[arg(
+        value_name = "MODEL",
+        required_unless_present = "model_flag",
+        conflicts_with = "model_flag"
+    )]
+    file: Option<PathBuf>,
+    /// The model, as a flag (the same as the positional MODEL).
+    #[arg(long = "model", short = 'm', id = "model_flag", value_name = "MODEL")]
+    model_flag: Option<PathBuf>,
+    /// The model path, from MODEL or --model: [`ModelArgs::resolve`] fills it after parsing.
+    #[arg(skip)]
     pub model: PathBuf,
     /// Where to run: `cpu`, `vulkan`, `vulkan:N`, or the hybrid scheduler `npu+cpu`,
     /// `npu+vulkan[:N]` (attention on the NPU engine model, emulated on the host CPU: no
@@ -35,6 +45,18 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// Takes the model path from whichever of MODEL and --model was given (clap makes sure
+    /// exactly one was).
+    pub fn resolve(&mut self) -> Result<()> {
+        self.model = match (self.file.take(), self.model_flag.take()) {
+            (Some(p), None) | (None, Some(p)) => p,
+            (Some(_), Some(_)) => bail!("give the model once: as MODEL or as --model, not both"),
+            (None, None) if !self.model.as_os_str().is_empty() => return Ok(()),
+            (None, None) => bail!("no model given: mixq-run <COMMAND> MODEL (a .mixq file or an HF checkpoint directory)"),
+        };
+        Ok(())
+    }
+
     pub fn cpu_backend(&self) -> Result<CpuBackend> {
         if self.cpu_exact {
             CpuBackend::new(self.threads)
