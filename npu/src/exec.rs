@@ -69,6 +69,12 @@ impl AttnPartition {
     }
 }
 
+/// Independent accumulators the host runs side by side in a matmul (one AVX-512 register of
+/// f32): an emulation speed choice, not an NPU property.
+const LANES: usize = 16;
+/// The same for attention scores (positions of one KV chunk).
+const ATT_LANES: usize = 8;
+
 /// Runs the NPU's share with the NPU's arithmetic, on the host. Stateless.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FunctionalExecutor;
@@ -221,9 +227,8 @@ impl FunctionalExecutor {
         // step 1: activations to bf16
         let xb: Vec<f32> = xs.iter().map(|&v| round_bf16(v)).collect();
         let pbytes = qtype.row_param_bytes(cols);
-        let mut y = vec![0f32; tokens * rows];
-        let mut w = vec![0f32; cols];
-        for (r, row) in weight.chunks_exact(rb).enumerate() {
+        // step 3: one row's bf16 weights
+        let dequantize = |row: &[u8], w: &mut [f32]| {
             let (params, codes) = row.split_at(pbytes);
             for (c, (o, bytes)) in w
                 .chunks_exact_mut(64)
@@ -238,14 +243,64 @@ impl FunctionalExecutor {
                     o[j + 32] = lut[(bytes[j] >> 4) as usize];
                 }
             }
-            for t in 0..tokens {
-                let x = &xb[t * cols..(t + 1) * cols];
-                // steps 4-5: exact products, sequential fp32 adds in increasing k
-                let mut acc = 0f32;
-                for (wk, xk) in w.iter().zip(x) {
-                    acc += wk * xk;
+        };
+        // steps 4-5: exact products, sequential fp32 adds in increasing k, one accumulator per
+        // output. One chain of dependent adds is latency-bound on the host, so LANES chains
+        // run side by side (over tokens in a GEMM, over rows in a GEMV): each lane is still
+        // its own output's sequential sum, so the arithmetic is the definition's, bit for bit.
+        let mut y = vec![0f32; tokens * rows];
+        let mut w = vec![0f32; cols];
+        if tokens >= LANES / 2 {
+            // lanes over tokens: activations k-major, tokens padded to a whole lane block
+            let tp = tokens.next_multiple_of(LANES);
+            let mut xt = vec![0f32; cols * tp];
+            for (t, x) in xb.chunks_exact(cols).enumerate() {
+                for (k, &v) in x.iter().enumerate() {
+                    xt[k * tp + t] = v;
                 }
-                y[t * rows + r] = acc;
+            }
+            for (r, row) in weight.chunks_exact(rb).enumerate() {
+                dequantize(row, &mut w);
+                for t0 in (0..tokens).step_by(LANES) {
+                    let mut acc = [0f32; LANES];
+                    for (k, &wk) in w.iter().enumerate() {
+                        let xk: &[f32; LANES] = xt[k * tp + t0..k * tp + t0 + LANES]
+                            .try_into()
+                            .expect("a whole lane block");
+                        for l in 0..LANES {
+                            acc[l] += wk * xk[l];
+                        }
+                    }
+                    for (l, &a) in acc.iter().enumerate().take(tokens - t0) {
+                        y[(t0 + l) * rows + r] = a;
+                    }
+                }
+            }
+        } else {
+            // lanes over rows: LANES rows' weights k-major
+            let mut wt = vec![0f32; cols * LANES];
+            let row_block = LANES * rb;
+            for (blk, rows_bytes) in weight.chunks(row_block).enumerate() {
+                let r0 = blk * LANES;
+                let nr = rows_bytes.len() / rb;
+                for (i, row) in rows_bytes.chunks_exact(rb).enumerate() {
+                    dequantize(row, &mut w);
+                    for (k, &v) in w.iter().enumerate() {
+                        wt[k * LANES + i] = v;
+                    }
+                }
+                for (t, x) in xb.chunks_exact(cols).enumerate() {
+                    let mut acc = [0f32; LANES];
+                    for (k, &xk) in x.iter().enumerate() {
+                        let wk: &[f32; LANES] = wt[k * LANES..(k + 1) * LANES]
+                            .try_into()
+                            .expect("a whole lane block");
+                        for l in 0..LANES {
+                            acc[l] += wk[l] * xk;
+                        }
+                    }
+                    y[t * rows + r0..t * rows + r0 + nr].copy_from_slice(&acc[..nr]);
+                }
             }
         }
         Ok(y)
@@ -312,16 +367,22 @@ impl FunctionalExecutor {
             let chunk = |c: usize| -> State {
                 let j0 = c * part.kv_chunk;
                 let j1 = (j0 + part.kv_chunk).min(n_pos);
-                let s: Vec<f32> = (j0..j1)
-                    .map(|j| {
-                        let kr = &kb[j * kv + g * head_dim..j * kv + (g + 1) * head_dim];
-                        let mut acc = 0f32;
-                        for (a, b) in qb.iter().zip(kr) {
-                            acc += a * b;
+                // Scores of ATT_LANES positions side by side (independent sequential sums,
+                // as in the matmul); a short last block repeats its last position.
+                let mut s = Vec::with_capacity(j1 - j0);
+                for jb in (j0..j1).step_by(ATT_LANES) {
+                    let rows: [&[f32]; ATT_LANES] = std::array::from_fn(|l| {
+                        let j = (jb + l).min(j1 - 1);
+                        &kb[j * kv + g * head_dim..j * kv + (g + 1) * head_dim]
+                    });
+                    let mut acc = [0f32; ATT_LANES];
+                    for (d, &a) in qb.iter().enumerate() {
+                        for l in 0..ATT_LANES {
+                            acc[l] += a * rows[l][d];
                         }
-                        acc
-                    })
-                    .collect();
+                    }
+                    s.extend_from_slice(&acc[..ATT_LANES.min(j1 - jb)]);
+                }
                 let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let p: Vec<f32> = s
                     .iter()

@@ -114,27 +114,32 @@ fn matvec_is_close_to_the_cpu_reference_dot() {
     }
 }
 
+/// Batching changes nothing: small batches (lanes over rows) and large ones (lanes over
+/// tokens, with a partial lane block) give every output bit-exactly as the definition.
 #[test]
 fn matmul_equals_per_token_matvec() {
     let ex = FunctionalExecutor::new();
     let mut rng = Rng(11);
-    let (rows, cols, tokens) = (12, 1152, 5);
-    let w = quantized(QType::I4Grouped, rows, cols, &mut rng);
-    let xs = rng.vec(tokens * cols, 1.0);
-    let y = ex
-        .matmul_w4abf16(QType::I4Grouped, &w, rows, cols, &xs, tokens)
-        .unwrap();
-    for t in 0..tokens {
-        let yt = ex
-            .matvec_w4abf16(
-                QType::I4Grouped,
-                &w,
-                rows,
-                cols,
-                &xs[t * cols..(t + 1) * cols],
-            )
+    let (rows, cols) = (12, 1152);
+    for tokens in [5, 21] {
+        let w = quantized(QType::I4Grouped, rows, cols, &mut rng);
+        let xs = rng.vec(tokens * cols, 1.0);
+        let y = ex
+            .matmul_w4abf16(QType::I4Grouped, &w, rows, cols, &xs, tokens)
             .unwrap();
-        assert_eq!(&y[t * rows..(t + 1) * rows], &yt[..]);
+        for t in 0..tokens {
+            let x = &xs[t * cols..(t + 1) * cols];
+            let yt = ex
+                .matvec_w4abf16(QType::I4Grouped, &w, rows, cols, x)
+                .unwrap();
+            assert_eq!(&y[t * rows..(t + 1) * rows], &yt[..], "{tokens} tokens");
+            let r = reference_matvec(QType::I4Grouped, &w, rows, cols, x);
+            let (yb, rb): (Vec<u32>, Vec<u32>) = (
+                yt.iter().map(|v| v.to_bits()).collect(),
+                r.iter().map(|v| v.to_bits()).collect(),
+            );
+            assert_eq!(yb, rb, "{tokens} tokens, token {t}");
+        }
     }
 }
 
@@ -376,4 +381,30 @@ fn attention_is_close_to_exact_softmax_attention() {
     }
     println!("attention nmse vs exact f64 = {:.3e}", num / den);
     assert!(num / den < 1e-4);
+}
+
+/// Host speed of the emulation (not an NPU figure): `cargo test -p mixq-npu --release
+/// emulation_speed -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn emulation_speed() {
+    let ex = FunctionalExecutor::new();
+    let mut rng = Rng(5);
+    let (rows, cols) = (1024, 640);
+    let w = quantized(QType::I4Grouped, rows, cols, &mut rng);
+    for tokens in [1, 4, 64] {
+        let xs = rng.vec(tokens * cols, 1.0);
+        let t = std::time::Instant::now();
+        let reps = 20;
+        for _ in 0..reps {
+            ex.matmul_w4abf16(QType::I4Grouped, &w, rows, cols, &xs, tokens)
+                .unwrap();
+        }
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        println!(
+            "[{rows}x{cols}] x {tokens} tokens: {:.2} ms, {:.2} GMAC/s",
+            s * 1e3,
+            (rows * cols * tokens) as f64 / s / 1e9
+        );
+    }
 }
