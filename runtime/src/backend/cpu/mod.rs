@@ -652,6 +652,26 @@ impl Backend for CpuBackend {
         self.gelu_mul(gate, up, n * inter);
     }
 
+    fn qk_norm_rope(
+        &self,
+        q: &mut Vec<f32>,
+        k: &mut Vec<f32>,
+        q_norm: &CpuWeight,
+        k_norm: &CpuWeight,
+        n: usize,
+        kv_heads: usize,
+        p: RopeParams,
+        eps: f32,
+    ) {
+        self.rms_norm(q, q_norm, n * p.heads, eps);
+        self.rms_norm(k, k_norm, n * kv_heads, eps);
+        let _p = self.prof.scope(|| "rope".into());
+        // one sin/cos table for q and k (same positions)
+        let tab = RopeTable::new(p, n);
+        rope_with(&mut q[..n * p.heads * p.head_dim], p.heads, &tab);
+        rope_with(&mut k[..n * kv_heads * p.head_dim], kv_heads, &tab);
+    }
+
     fn rope(&self, x: &mut Vec<f32>, n: usize, p: RopeParams) {
         let _p = self.prof.scope(|| "rope".into());
         rope(&mut x[..n * p.heads * p.head_dim], p);
@@ -800,15 +820,43 @@ pub fn features() -> CpuFeatures {
 /// NEOX (rotate-half) RoPE in place on rows of `[heads, head_dim]`, token `t` at position
 /// `pos0 + t`; inv_freq in f32 as HF computes it. The hybrid backend runs the same arithmetic.
 pub fn rope(x: &mut [f32], p: RopeParams) {
-    let d = p.head_dim;
-    let half = d / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|j| 1.0 / p.base.powf((2 * j) as f32 / d as f32) / p.scale)
-        .collect();
+    let n = x.len() / (p.heads * p.head_dim);
+    rope_with(x, p.heads, &RopeTable::new(p, n));
+}
+
+/// `sin` and `cos` of every (position, frequency) of a batch: Gemma's q and k share them.
+struct RopeTable {
+    half: usize,
+    sin: Vec<f32>,
+    cos: Vec<f32>,
+}
+
+impl RopeTable {
+    fn new(p: RopeParams, n: usize) -> RopeTable {
+        let d = p.head_dim;
+        let half = d / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|j| 1.0 / p.base.powf((2 * j) as f32 / d as f32) / p.scale)
+            .collect();
+        let (sin, cos) = (0..n)
+            .flat_map(|t| {
+                let pos = (p.pos0 + t) as f32;
+                inv_freq.iter().map(move |&f| (pos * f).sin_cos())
+            })
+            .unzip();
+        RopeTable { half, sin, cos }
+    }
+}
+
+/// RoPE on rows of `heads` heads by a precomputed table.
+fn rope_with(x: &mut [f32], heads: usize, tab: &RopeTable) {
+    let half = tab.half;
+    let d = 2 * half;
     let per_token = |(t, tok): (usize, &mut [f32])| {
-        let pos = (p.pos0 + t) as f32;
-        let (sin, cos): (Vec<f32>, Vec<f32>) =
-            inv_freq.iter().map(|&f| (pos * f).sin_cos()).unzip();
+        let (sin, cos) = (
+            &tab.sin[t * half..(t + 1) * half],
+            &tab.cos[t * half..(t + 1) * half],
+        );
         for head in tok.chunks_exact_mut(d) {
             let (a, b) = head.split_at_mut(half);
             for j in 0..half {
@@ -819,10 +867,8 @@ pub fn rope(x: &mut [f32], p: RopeParams) {
         }
     };
     if x.len() <= SERIAL_LEN {
-        x.chunks_mut(p.heads * d).enumerate().for_each(per_token);
+        x.chunks_mut(heads * d).enumerate().for_each(per_token);
     } else {
-        x.par_chunks_mut(p.heads * d)
-            .enumerate()
-            .for_each(per_token);
+        x.par_chunks_mut(heads * d).enumerate().for_each(per_token);
     }
 }

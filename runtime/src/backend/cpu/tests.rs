@@ -557,3 +557,40 @@ fn vector_activation_quantizer_is_exact() {
         }
     }
 }
+
+/// The fused QK-norm + RoPE (one sin/cos table for q and k) equals the ops it replaces.
+#[test]
+fn qk_norm_rope_equals_its_parts() {
+    let be = CpuBackend::fast(Some(2)).unwrap();
+    let (heads, kv_heads, d) = (4, 1, 256);
+    for n in [1, 37] {
+        let p = RopeParams {
+            heads,
+            head_dim: d,
+            pos0: 5,
+            base: 10000.0,
+            scale: 1.0,
+        };
+        let (q0, k0) = (rand_vec(n * heads * d, 1), rand_vec(n * kv_heads * d, 2));
+        let norm = |s| {
+            be.load_weight(&WeightSource::from_f32("n", 1, d, &rand_vec(d, s)))
+                .unwrap()
+        };
+        let (qn, kn) = (norm(3), norm(4));
+        let (mut q, mut k) = (q0.clone(), k0.clone());
+        be.qk_norm_rope(&mut q, &mut k, &qn, &kn, n, kv_heads, p, 1e-6);
+        let (mut q1, mut k1) = (q0, k0);
+        be.rms_norm(&mut q1, &qn, n * heads, 1e-6);
+        be.rms_norm(&mut k1, &kn, n * kv_heads, 1e-6);
+        be.rope(&mut q1, n, p);
+        be.rope(
+            &mut k1,
+            n,
+            RopeParams {
+                heads: kv_heads,
+                ..p
+            },
+        );
+        assert_eq!((q, k), (q1, k1));
+    }
+}
