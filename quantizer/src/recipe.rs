@@ -32,6 +32,8 @@
 //! type = "i4_grouped"                  # optional: a SPEC.md type name
 //! method = "gptq"                      # optional: gptq | search | rtn
 //! hadamard = 128                       # optional: rotation block, 0 = none
+//! equalize = true                      # optional: channel equalization into the norm
+//!                                      # (q/k/v and gate/up only; ignored elsewhere)
 //! ```
 //!
 //! Every tensor must end up with a type; a method left unset takes the type's default
@@ -42,6 +44,15 @@ use mixq_format::quant::{QType, Transform};
 use mixq_format::Gemma3Config;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// The linears whose input is an RMSNorm output (src/equalize.rs folds into it).
+pub const NORM_FED: [&str; 5] = [
+    ".self_attn.q_proj.weight",
+    ".self_attn.k_proj.weight",
+    ".self_attn.v_proj.weight",
+    ".mlp.gate_proj.weight",
+    ".mlp.up_proj.weight",
+];
 
 /// The built-in recipe names.
 pub const BUILTIN: [&str; 3] = ["optimal", "int8", "int4"];
@@ -117,6 +128,10 @@ pub struct Rule {
     /// Hadamard block size (power of two dividing the columns); 0 = no rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hadamard: Option<u32>,
+    /// Channel equalization folded into the preceding norm (src/equalize.rs); only q/k/v and
+    /// gate/up can take it, and a site is equalized only when all its linears ask for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equalize: Option<bool>,
 }
 
 impl Rule {
@@ -127,6 +142,7 @@ impl Rule {
             qtype: Some(qtype.into()),
             method: None,
             hadamard: None,
+            equalize: None,
         }
     }
     fn with_method(mut self, m: Method) -> Rule {
@@ -165,6 +181,8 @@ pub struct TensorChoice {
     pub qtype: QType,
     pub method: Method,
     pub transform: Transform,
+    /// Whether this linear's input channels are equalized into the preceding norm.
+    pub equalize: bool,
 }
 
 impl Recipe {
@@ -267,7 +285,7 @@ impl Recipe {
         let n_layers = config.num_hidden_layers;
         let mut out = Vec::with_capacity(tensors.len());
         for (name, shape) in tensors {
-            let (mut qtype, mut method, mut hadamard) = (None, None, None);
+            let (mut qtype, mut method, mut hadamard, mut equalize) = (None, None, None, None);
             for r in &self.rules {
                 if !glob_match(&r.tensors, name) {
                     continue;
@@ -289,6 +307,9 @@ impl Recipe {
                 }
                 if let Some(h) = r.hadamard {
                     hadamard = Some(h);
+                }
+                if let Some(e) = r.equalize {
+                    equalize = Some(e);
                 }
             }
             let qtype = qtype.ok_or_else(|| {
@@ -331,12 +352,17 @@ impl Recipe {
                 }
                 _ => Transform::None,
             };
+            let equalize = equalize.unwrap_or(false)
+                && linear
+                && qtype.is_quantized()
+                && NORM_FED.iter().any(|t| name.ends_with(t));
             out.push(TensorChoice {
                 name: name.clone(),
                 shape: shape.clone(),
                 qtype,
                 method,
                 transform,
+                equalize,
             });
         }
         Ok(out)
@@ -554,6 +580,28 @@ mod tests {
             of("model.layers.1.self_attn.q_proj.weight").method,
             Method::Search
         );
+    }
+
+    #[test]
+    fn equalize_reaches_norm_fed_linears_only() {
+        let c = config();
+        let t = expected_tensors(&c);
+        let r = Recipe::from_toml(
+            "base = \"int4\"\n[[rule]]\ntensors = \"*\"\nequalize = true",
+            "eq",
+        )
+        .unwrap();
+        let plan = r.resolve(&c, &t, &[]).unwrap();
+        let of = |n: &str| plan.iter().find(|p| p.name == n).unwrap().equalize;
+        for n in ["q_proj", "k_proj", "v_proj"] {
+            assert!(of(&format!("model.layers.3.self_attn.{n}.weight")));
+        }
+        assert!(of("model.layers.0.mlp.gate_proj.weight"));
+        assert!(of("model.layers.0.mlp.up_proj.weight"));
+        assert!(!of("model.layers.0.self_attn.o_proj.weight"));
+        assert!(!of("model.layers.0.mlp.down_proj.weight"));
+        assert!(!of("model.layers.0.input_layernorm.weight"));
+        assert!(!of("model.embed_tokens.weight"));
     }
 
     #[test]
