@@ -46,15 +46,21 @@ void main() {
     uint d4 = (p.d + 3u) / 4u;
     vec4 v[NV];
     vec4 h[NV];
+    // Both norms' weights are loaded with x and y (one round of loads, not three).
+    vec4 wv[NV], wnv[NV];
     float acc = 0.0;
     for (uint j = 0u; j < NV; j++) {
         uint i = t + j * WG;
         v[j] = vec4(0.0);
         h[j] = vec4(0.0);
+        wv[j] = vec4(0.0);
+        wnv[j] = vec4(0.0);
         if (i < d4) {
             if (vec) {
                 v[j] = y4[base / 4u + i];
                 h[j] = x4[base / 4u + i];
+                wv[j] = wt4[i];
+                wnv[j] = wn4[i];
             } else {
                 for (uint c = 0u; c < 4u; c++) {
                     if (4u * i + c < p.d) {
@@ -71,15 +77,12 @@ void main() {
     for (uint j = 0u; j < NV; j++) {
         uint i = t + j * WG;
         if (i < d4) {
-            vec4 wv;
-            if (vec) {
-                wv = wt4[i];
-            } else {
+            if (!vec) {
                 for (uint c = 0u; c < 4u; c++) {
-                    wv[c] = 4u * i + c < p.d ? wt[4u * i + c] : 0.0;
+                    wv[j][c] = 4u * i + c < p.d ? wt[4u * i + c] : 0.0;
                 }
             }
-            v[j] = v[j] * inv * (1.0 + wv);
+            v[j] = v[j] * inv * (1.0 + wv[j]);
             h[j] = h[j] + v[j];
             if (vec) {
                 x4[base / 4u + i] = h[j];
@@ -108,7 +111,7 @@ void main() {
         uint i = t + j * WG;
         if (i < d4) {
             if (vec) {
-                v[j] = h[j] * inv2 * (1.0 + wn4[i]);
+                v[j] = h[j] * inv2 * (1.0 + wnv[j]);
                 y4[base / 4u + i] = v[j];
             } else {
                 for (uint c = 0u; c < 4u; c++) {

@@ -151,39 +151,38 @@ void main() {
         for (uint i = 0u; i < MAX_DIMS; i++) {
             acc[i] *= corr;
         }
-        // Keys 8 at a time: eight independent V loads in flight per output dimension.
-        uint j = 0u;
-        for (; j + 8u <= count; j += 8u) {
-            float e[8];
-            uint r[8];
-            bool cached[8];
-            for (uint u = 0u; u < 8u; u++) {
-                e[u] = exp(sc[j + u] - bm);
-                l += e[u];
-                r[u] = kv_row(kb + j + u, kv_dim, cached[u]) + kvh * d;
-            }
-            for (uint i = 0u; i < MAX_DIMS; i++) {
-                uint dim = tid + 64u * i;
-                if (dim < d) {
+        // Cached keys come first in a block, then keys of the batch: two loops, each reading
+        // one buffer (a per-key choice of buffer compiled to branches that serialised the
+        // loads), 8 keys at a time (eight independent V loads in flight per dimension).
+        uint ncached = kb < p.pos0 ? min(count, p.pos0 - kb) : 0u;
+        for (uint i = 0u; i < MAX_DIMS; i++) {
+            uint dim = tid + 64u * i;
+            if (dim < d) {
+                uint j = 0u;
+                float s = 0.0;
+                for (; j + 8u <= ncached; j += 8u) {
                     float s8 = 0.0;
                     for (uint u = 0u; u < 8u; u++) {
-                        s8 += e[u] * (cached[u] ? vc[r[u] + dim] : v[r[u] + dim]);
+                        uint kp = kb + j + u;
+                        uint row = (p.ring > 0u ? kp % p.ring : kp) * kv_dim + kvh * d;
+                        s8 += exp(sc[j + u] - bm) * vc[row + dim];
                     }
-                    acc[i] += s8;
+                    s += s8;
                 }
+                for (; j < ncached; j++) {
+                    uint kp = kb + j;
+                    uint row = (p.ring > 0u ? kp % p.ring : kp) * kv_dim + kvh * d;
+                    s += exp(sc[j] - bm) * vc[row + dim];
+                }
+                for (; j < count; j++) {
+                    uint row = (kb + j - p.pos0) * kv_dim + kvh * d;
+                    s += exp(sc[j] - bm) * v[row + dim];
+                }
+                acc[i] += s;
             }
         }
-        for (; j < count; j++) {
-            float e = exp(sc[j] - bm);
-            l += e;
-            bool cached;
-            uint r = kv_row(kb + j, kv_dim, cached) + kvh * d;
-            for (uint i = 0u; i < MAX_DIMS; i++) {
-                uint dim = tid + 64u * i;
-                if (dim < d) {
-                    acc[i] += e * (cached ? vc[r + dim] : v[r + dim]);
-                }
-            }
+        for (uint j = 0u; j < count; j++) {
+            l += exp(sc[j] - bm);
         }
         m = bm;
         barrier();

@@ -40,13 +40,17 @@ void main() {
     bool vec = p.d % 4u == 0u;
     uint d4 = (p.d + 3u) / 4u;
     vec4 v[NV];
+    // The weights are loaded with x (one round of loads, not one after the reduction).
+    vec4 wv[NV];
     float acc = 0.0;
     for (uint j = 0u; j < NV; j++) {
         uint i = t + j * WG;
         v[j] = vec4(0.0);
+        wv[j] = vec4(0.0);
         if (i < d4) {
             if (vec) {
                 v[j] = x4[base / 4u + i];
+                wv[j] = wt4[i];
             } else {
                 for (uint c = 0u; c < 4u; c++) {
                     if (4u * i + c < p.d) {
@@ -62,7 +66,7 @@ void main() {
         uint i = t + j * WG;
         if (i < d4) {
             if (vec) {
-                v[j] = v[j] * inv * (1.0 + wt4[i]);
+                v[j] = v[j] * inv * (1.0 + wv[j]);
                 o4[base / 4u + i] = v[j];
             } else {
                 for (uint c = 0u; c < 4u; c++) {
