@@ -327,6 +327,7 @@ fn append(kv: &mut CpuKv, k: &[f32], v: &[f32], p: AttnParams) {
 /// The attention kernel of the fast mode (f16 cache) on AVX-512: the query heads of a GQA group
 /// read each key and value row once, 16 dimensions per vector, and the softmax uses a vector exp.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // register arrays indexed by head, as in the math
 mod avx512 {
     use super::super::kernels::x86::exp16;
     use std::arch::x86_64::*;
@@ -380,7 +381,7 @@ mod avx512 {
         scores: &mut Vec<f32>,
     ) {
         let g = qs.len();
-        debug_assert!(g <= HEADS && outs.len() == g && d % 64 == 0);
+        debug_assert!(g <= HEADS && outs.len() == g && d.is_multiple_of(64));
         scores.resize(g * len, 0.0);
         for j in 0..len {
             let k = keys(j);

@@ -21,6 +21,7 @@
 //! The integer sums are the scalar kernels' exactly; only the f32 accumulation order differs.
 
 #![allow(clippy::missing_safety_doc)] // callers check the ISA (Isa::Avx512Vnni) and shapes
+#![allow(clippy::needless_range_loop)] // register arrays indexed by token / row, as in the math
 
 use super::QAct;
 use half::f16;
@@ -197,7 +198,7 @@ unsafe fn pairs_f16(row: &[u8], groups: usize, set: &mut impl FnMut(usize, f32, 
 /// 4-bit chunks (32 bytes: element j low nibble, j + 32 high nibble) to one byte per code.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn nibbles(codes: &[u8], out: &mut [u8]) {
-    debug_assert!(out.len() == 2 * codes.len() && codes.len() % 32 == 0);
+    debug_assert!(out.len() == 2 * codes.len() && codes.len().is_multiple_of(32));
     let sh = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(4));
     let m15 = _mm512_set1_epi8(15);
     for (i, c) in codes.chunks_exact(32).enumerate() {

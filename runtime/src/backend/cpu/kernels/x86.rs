@@ -652,7 +652,7 @@ zmm_float_dot!(zmm_dot_f32, 4, |p, m| _mm512_maskz_loadu_ps(
 #[target_feature(enable = "avx512f,avx512bw")]
 pub unsafe fn quantize_block(xs: &[f32], qs: &mut [i8], s16: &mut [i16]) -> (f32, i32) {
     let n = xs.len();
-    debug_assert!(n % 16 == 0 && qs.len() == n && s16.len() == n / 16);
+    debug_assert!(n.is_multiple_of(16) && qs.len() == n && s16.len() == n / 16);
     let p = xs.as_ptr();
     let mut m = _mm512_setzero_ps();
     for i in (0..n).step_by(16) {
