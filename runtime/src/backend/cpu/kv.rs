@@ -125,8 +125,10 @@ struct Rows<'a> {
     batch: &'a [f32],
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn attention(
     isa: Isa,
+    team: &super::team::Team,
     kv: &mut CpuKv,
     q: &[f32],
     k: &[f32],
@@ -215,9 +217,7 @@ pub(super) fn attention(
         if items == 1 {
             item(&mut Vec::new(), 0);
         } else {
-            (0..items)
-                .into_par_iter()
-                .for_each_init(Vec::new, |s, i| item(s, i));
+            super::team::for_each_unit(team, items, Vec::new, item);
         }
     } else {
         attention_rows(isa, cache, q, &keys, &vals, out, p, &row, cdot, bdot, cdec);

@@ -687,7 +687,7 @@ impl Backend for CpuBackend {
         p: AttnParams,
     ) {
         let _p = self.prof.scope(|| format!("attention n={}", p.n.min(2)));
-        kv::attention(self.isa, kv, q, k, v, out, p);
+        kv::attention(self.isa, &self.team, kv, q, k, v, out, p);
     }
 
     fn gelu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) {
