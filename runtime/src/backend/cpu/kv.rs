@@ -170,11 +170,20 @@ pub(super) fn attention(
     if let (Isa::Avx512Vnni, KvData::F16(kc), KvData::F16(vc), 0) =
         (isa, &cache.k, &cache.v, d % 64)
     {
-        // Work items (token, KV head); the query heads of a group share each K/V row load.
-        let items = p.n * p.kv_heads;
+        // Work items (token, KV head, chunk of its query heads); the query heads of a chunk
+        // share each K/V row load. Chunks of up to HEADS heads, smaller in decode so that
+        // every participant of the team gets one.
+        let pairs = p.n * p.kv_heads;
+        let per = if pairs >= team.size() {
+            avx512::HEADS
+        } else {
+            group.div_ceil(team.size()).min(avx512::HEADS)
+        };
+        let chunks = group.div_ceil(per);
+        let items = pairs * chunks;
         let outp = avx512::Ptr(out.as_mut_ptr());
         let item = |scores: &mut Vec<f32>, i: usize| {
-            let (t, kvh) = (i / p.kv_heads, i % p.kv_heads);
+            let (t, kvh, c) = (i / chunks / p.kv_heads, i / chunks % p.kv_heads, i % chunks);
             let pos = p.pos0 + t;
             let first = match p.window {
                 Some(w) => (pos + 1).saturating_sub(w),
@@ -189,8 +198,9 @@ pub(super) fn attention(
                 (true, o) => avx512::Row::F16(vc[o..o + d].as_ptr()),
                 (false, o) => avx512::Row::F32(v[o..o + d].as_ptr()),
             };
-            for h0 in (0..group).step_by(avx512::HEADS) {
-                let hs = kvh * group + h0..kvh * group + (h0 + avx512::HEADS).min(group);
+            for h0 in (c * per..((c + 1) * per).min(group)).step_by(avx512::HEADS) {
+                let hs = kvh * group + h0
+                    ..kvh * group + (h0 + avx512::HEADS).min((c + 1) * per).min(group);
                 let at_h = |h: usize| t * q_dim + h * d;
                 let qs: Vec<*const f32> = hs
                     .clone()

@@ -87,6 +87,11 @@ impl Team {
         }
     }
 
+    /// Participants: the caller and the helpers.
+    pub fn size(&self) -> usize {
+        self.helpers.len() + 1
+    }
+
     /// Runs `f(i)` for every participant `i` (the caller is 0, helpers 1..) and returns
     /// when all are done. A panic in a helper is re-raised here.
     pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
