@@ -11,9 +11,11 @@
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
 
-#define WG 1024u
-#define NV 4u
-layout(local_size_x = 1024) in;
+// Workgroup size and vec4s per invocation are specialization constants (the host picks them:
+// `norm_shape` in vulkan/mod.rs); arrays sized by NV stay in registers.
+layout(local_size_x_id = 0) in;
+layout(constant_id = 1) const uint NV = 4u;
+#define WG gl_WorkGroupSize.x
 
 // One slot per subgroup (subgroups are at least 8 wide on every device we target: <= 128).
 shared float red[128];
