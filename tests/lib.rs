@@ -1,4 +1,7 @@
-//! Shared helpers of the end-to-end tests: where the test model and the golden fixtures are.
+//! Shared helpers of the end-to-end tests: where the test model and the golden fixtures are,
+//! and [`compare`]: two models position by position (KL, top-1, greedy).
+
+pub mod compare;
 
 use std::path::PathBuf;
 
