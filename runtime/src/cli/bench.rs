@@ -238,7 +238,10 @@ impl ModelTask for Task {
             }
             runs.push(r);
         }
-        if let (Some(r), false) = (model.backend.report(), a.json) {
+        // The timed runs' per-device breakdown (the hybrid scheduler's, with its Phoenix
+        // projection), before --profile resets the accounting.
+        let device_report = model.backend.report();
+        if let (Some(r), false) = (&device_report, a.json) {
             println!("{r}");
         }
         if a.profile {
@@ -288,6 +291,7 @@ impl ModelTask for Task {
                 "weight_bytes_per_token": weight_bytes,
                 "copy_bandwidth_bytes_per_s": copy_bw,
                 "bandwidth_efficiency": efficiency,
+                "device_report": device_report,
                 "runs": runs,
                 "prompt_ids": prompt,
             });
