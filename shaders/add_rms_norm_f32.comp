@@ -32,6 +32,7 @@ layout(set = 0, binding = 3) readonly buffer Wn4 { vec4 wn4[]; };
 // Unused (bound to Y again) without q8 / rotation.
 layout(set = 0, binding = 4) writeonly buffer XQ { uint xq[]; };
 layout(set = 0, binding = 5) readonly buffer S { float signs[]; };
+layout(set = 0, binding = 5) readonly buffer S4 { vec4 signs4[]; };
 
 #include "rownorm.glsl"
 

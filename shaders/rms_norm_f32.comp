@@ -27,6 +27,7 @@ layout(set = 0, binding = 2) writeonly buffer O4 { vec4 o4[]; };
 // Unused (bound to O again) without q8 / rotation.
 layout(set = 0, binding = 3) writeonly buffer XQ { uint xq[]; };
 layout(set = 0, binding = 4) readonly buffer S { float signs[]; };
+layout(set = 0, binding = 4) readonly buffer S4 { vec4 signs4[]; };
 
 #include "rownorm.glsl"
 

@@ -5,8 +5,8 @@
 // after the block Hadamard rotation of hadamard_f32.comp), so no quantize_x / hadamard
 // dispatch and barrier is needed between a norm and the matvec that reads its output.
 //
-// The including shader declares `XQ { uint xq[]; }` and `S { float signs[]; }` and push
-// constants with `d`, `q8`, `block`, `hnorm`.
+// The including shader declares `XQ { uint xq[]; }`, `S { float signs[]; }`,
+// `S4 { vec4 signs4[]; }` and push constants with `d`, `q8`, `block`, `hnorm`.
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
@@ -48,7 +48,23 @@ float workgroup_sum(float v) {
 void store_q8(vec4 v[NV]) {
     uint t = gl_LocalInvocationID.x;
     uint d4 = p.d / 4u;
-    if (p.block > 0u) {
+    uint lanes = p.block / 4u; // invocations per Hadamard block
+    if (p.block >= 4u && lanes <= gl_SubgroupSize) {
+        // A block is `lanes` neighbouring invocations of one subgroup (vec4 index i and lane
+        // agree mod lanes: WG % lanes == 0): the two in-vec4 stages in registers, the others
+        // by shuffles; stages in hadamard_f32's order (h = 1, 2, 4, ...), so the same bits.
+        for (uint j = 0u; j < NV; j++) {
+            uint i = t + j * WG;
+            vec4 x = i < d4 ? v[j] * signs4[i] : vec4(0.0);
+            x = vec4(x.x + x.y, x.x - x.y, x.z + x.w, x.z - x.w);
+            x = vec4(x.x + x.z, x.y + x.w, x.x - x.z, x.y - x.w);
+            for (uint m = 1u; m < lanes; m <<= 1u) {
+                vec4 o = subgroupShuffleXor(x, m);
+                x = (gl_SubgroupInvocationID & m) == 0u ? x + o : o - x;
+            }
+            v[j] = x * p.hnorm;
+        }
+    } else if (p.block > 0u) {
         for (uint j = 0u; j < NV; j++) {
             uint i = t + j * WG;
             if (i < d4) {

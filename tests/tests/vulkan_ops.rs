@@ -936,3 +936,47 @@ fn norms_and_attention_write_int8_inputs() {
         );
     }
 }
+
+/// add_rms_norm's rotated int8 output for Hadamard blocks of at most 4 x the subgroup size
+/// (rownorm.glsl's shuffle path; lavapipe's subgroups are 8 wide, so blocks of 16 and 32 here,
+/// 128 in the test above goes through shared memory on lavapipe and shuffles on NVIDIA).
+#[test]
+fn norm_rotation_by_subgroup_shuffles() {
+    let (c, v) = (cpu(), vk_default());
+    let d = 256;
+    for block in [16, 32] {
+        let nw = |s: u64| WeightSource::from_f32("norm", 1, d, &rand_vec(d, s));
+        let (w1, w2) = (nw(51), nw(52));
+        let (cw1, vw1) = (c.load_weight(&w1).unwrap(), v.load_weight(&w1).unwrap());
+        let (cw2, vw2) = (c.load_weight(&w2).unwrap(), v.load_weight(&w2).unwrap());
+        let rotated = |s: u64| {
+            let mut w = weight(QType::I4Grouped, 64, d, s);
+            w.transform = Transform::BlockHadamard { block, seed: 5 };
+            w
+        };
+        let (g, up) = (rotated(53), rotated(54));
+        let (cg, cu) = (c.load_weight(&g).unwrap(), c.load_weight(&up).unwrap());
+        let (vg, vu) = (v.load_weight(&g).unwrap(), v.load_weight(&up).unwrap());
+        for round in 0..2 {
+            let x: Vec<f32> = rand_vec(d, 55 + round).iter().map(|a| a * 30.0).collect();
+            let y: Vec<f32> = rand_vec(d, 65 + round).iter().map(|a| a * 5.0).collect();
+            let (mut cx, mut vx) = bufs(&c, &v, &x);
+            let (mut cy, mut vy) = bufs(&c, &v, &y);
+            let (mut cgo, mut cuo) = (c.alloc(64), c.alloc(64));
+            let (mut vgo, mut vuo) = (v.alloc(64), v.alloc(64));
+            c.add_rms_norm(&mut cx, &mut cy, &cw1, Some(&cw2), 1, d, 1e-6);
+            c.gate_up(&cg, &cu, &cy, 1, 64, &mut cgo, &mut cuo);
+            let d0 = v.counters().1;
+            v.add_rms_norm(&mut vx, &mut vy, &vw1, Some(&vw2), 1, d, 1e-6);
+            v.gate_up(&vg, &vu, &vy, 1, 64, &mut vgo, &mut vuo);
+            let want = if round == 0 { 4 } else { 2 };
+            assert_eq!(v.counters().1 - d0, want, "block {block} round {round}");
+            check(
+                &format!("block {block} round {round}: gate/up from the shuffled rotation"),
+                &v.download(&vgo, 64),
+                &cgo,
+                3.0 * NMSE_Q8,
+            );
+        }
+    }
+}
