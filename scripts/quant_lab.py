@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Fake-quantization experiments on the real Gemma 3 270M in torch: which tensors and which
+quantizer choices cost perplexity, before anything is built in Rust.
+
+Not part of the product: it does not write .mixq files and its numbers are not the report's.
+It quantizes every chosen linear of the HF checkpoint in place (weights only, f32 activations),
+then scores the first --eval-tokens of the evaluation text with transformers, and prints
+retention = PPL_ref / PPL_quant. Hessians come from the full-precision model on the
+calibration text (the Rust converter uses the quantized prefix instead), so its absolute figures
+run about one point below `mixq-quantize convert`; use it for differences between choices.
+
+Run with the golden venv (`make golden-env`):
+  ~/.cache/mixq/venv-ref/bin/python scripts/quant_lab.py \
+      --exp 'all:4:64:gptq' --exp 'all:4:32:gptq' --exp 'down_proj:4:64:gptq'
+An experiment is CLASSES:BITS:GROUP:METHOD; CLASSES is `all` or a comma list of q_proj,
+k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (the others stay full precision);
+METHOD is rtn (min/max), gptq (damp 0.1, group grid fitted when the group starts), gptq_ao
+(act-order with static groups), or rot128 (block-Hadamard rotation, then gptq).
+--search fits every group's (scale, min) by a clipping grid weighted by diag(H).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+CLASSES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def grid(w, bits, imp, search):
+    """Asymmetric (scale, min) per row of a [rows, group] block."""
+    L = 2**bits - 1
+    mx0 = w.max(1, keepdim=True).values.clamp_min(0)
+    mn0 = w.min(1, keepdim=True).values.clamp_max(0)
+    shrink = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7] if search else [1.0]
+    best = None
+    for a in shrink:
+        for b in shrink:
+            mx, mn = mx0 * a, mn0 * b
+            s = ((mx - mn) / L).clamp_min(1e-8)
+            err = (((fq(w, s, mn, bits) - w) ** 2) * imp).sum(1, keepdim=True)
+            if best is None:
+                best = (err, s, mn)
+            else:
+                m = err < best[0]
+                best = (torch.where(m, err, best[0]), torch.where(m, s, best[1]), torch.where(m, mn, best[2]))
+    return best[1], best[2]
+
+
+def fq(w, s, mn, bits):
+    return torch.clamp(torch.round((w - mn) / s), 0, 2**bits - 1) * s + mn
+
+
+def rtn(W, bits, g, search):
+    R, C = W.shape
+    out = torch.empty_like(W)
+    for j in range(0, C, g):
+        s, mn = grid(W[:, j : j + g], bits, torch.ones(g), search)
+        out[:, j : j + g] = fq(W[:, j : j + g], s, mn, bits)
+    return out
+
+
+def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128):
+    """Frantar et al.; the group grid is fitted on the error-compensated weights when the group
+    starts (static groups from the original weights under act-order)."""
+    W = W.double().clone()
+    H = H.clone()
+    C = W.shape[1]
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(C, dtype=H.dtype)
+    imp = torch.diag(H).float()
+    if actorder:
+        groups = [grid(W[:, i : i + g].float(), bits, imp[i : i + g], search) for i in range(0, C, g)]
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Q = torch.zeros_like(W)
+    s = mn = None
+    for i1 in range(0, C, block):
+        i2 = min(i1 + block, C)
+        W1 = W[:, i1:i2].clone()
+        E1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if actorder:
+                s, mn = (t.double() for t in groups[perm[col].item() // g])
+            elif col % g == 0:
+                s, mn = (t.double() for t in grid(W1[:, i : i + g].float(), bits, imp[col : col + g], search))
+            w = W1[:, i : i + 1]
+            q = fq(w, s, mn, bits)
+            Q[:, col : col + 1] = q
+            e = (w - q) / U[col, col]
+            W1[:, i:] -= e @ U[col : col + 1, col:i2]
+            E1[:, i : i + 1] = e
+        W[:, i2:] -= E1 @ U[i1:i2, i2:]
+    if actorder:
+        Q = Q[:, torch.argsort(perm)]
+    return Q.float()
+
+
+def hadamard(n):
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h / math.sqrt(n)
+
+
+def rotated(W, H, bits, g, search, blk):
+    C = W.shape[1]
+    signs = (torch.randint(0, 2, (C,), generator=torch.Generator().manual_seed(1)) * 2 - 1).double()
+    R = torch.block_diag(*[hadamard(blk)] * (C // blk)) * signs[:, None]
+    Q = gptq((W.double() @ R).float(), R.T @ H @ R, bits, g, search)
+    return (Q.double() @ R.T).float()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="models/gemma-3-270m")
+    ap.add_argument("--eval", default="models/data/eval.txt")
+    ap.add_argument("--calib", default="models/data/calib.txt")
+    ap.add_argument("--eval-tokens", type=int, default=1024)
+    ap.add_argument("--calib-seqs", type=int, default=4, help="sequences of 512 tokens")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--search", action="store_true")
+    ap.add_argument("--exp", action="append", required=True)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    tok = AutoTokenizer.from_pretrained(a.model)
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="eager").eval()
+    eids = tok(open(a.eval).read(), return_tensors="pt").input_ids[0][: a.eval_tokens + 1]
+    cids = tok(open(a.calib).read(), return_tensors="pt").input_ids[0][1:]
+    bos = torch.tensor([tok.bos_token_id])
+    calib = [torch.cat([bos, cids[i * 511 : (i + 1) * 511]]) for i in range(a.calib_seqs)]
+    orig = {n: p.detach().clone() for n, p in model.named_parameters()}
+    linears = [n for n in orig if n.endswith("proj.weight")]
+    mods = dict(model.named_modules())
+
+    @torch.no_grad()
+    def ppl():
+        lp = torch.log_softmax(model(eids[None]).logits[0, :-1].float(), -1)
+        return math.exp(-lp.gather(1, eids[1:, None]).mean().item())
+
+    t0 = time.time()
+    p_ref = ppl()
+    H, hooks = {}, []
+    for n in linears:
+        def hook(_m, inp, _out, n=n):
+            x = inp[0].reshape(-1, inp[0].shape[-1]).double()
+            H[n] = H.get(n, 0) + x.T @ x
+        hooks.append(mods[n[: -len(".weight")]].register_forward_hook(hook))
+    with torch.no_grad():
+        for s in calib:
+            model(s[None])
+    for h in hooks:
+        h.remove()
+    print(f"PPL_ref {p_ref:.3f} ({a.eval_tokens} tokens of {a.eval}); Hessians in {time.time() - t0:.0f} s", flush=True)
+
+    for exp in a.exp:
+        classes, bits, g, method = exp.split(":")
+        chosen = CLASSES if classes == "all" else classes.split(",")
+        bits, g = int(bits), int(g)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(orig[n])
+                if n not in linears or not any(f".{c}." in n for c in chosen):
+                    continue
+                W = orig[n]
+                if method == "rtn":
+                    Q = rtn(W, bits, g, a.search)
+                elif method == "gptq":
+                    Q = gptq(W, H[n], bits, g, a.search)
+                elif method == "gptq_ao":
+                    Q = gptq(W, H[n], bits, g, a.search, actorder=True)
+                elif method.startswith("rot"):
+                    Q = rotated(W, H[n], bits, g, a.search, int(method[3:]))
+                else:
+                    raise SystemExit(f"unknown method {method}")
+                p.copy_(Q)
+        p = ppl()
+        print(f"{exp}: PPL {p:.3f}, retention (PPL ratio) {100 * p_ref / p:.2f} % [{time.time() - t0:.0f} s]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
