@@ -3,6 +3,8 @@
 
 pub mod compare;
 
+use mixq_runtime::backend::hybrid::store::RtnStore;
+use mixq_runtime::weights::{open_store, MixqStore, WeightStore};
 use std::path::PathBuf;
 
 /// The workspace root.
@@ -22,6 +24,20 @@ pub fn model_dir() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// The quantized model the comparison tests (npu_hybrid, cpu_fast_vs_exact) run:
+/// `$MIXQ_TEST_MIXQ`, a converted `--profile phoenix` file (e.g. `make demo`'s), if set; else
+/// the test model quantized by round to nearest like one ([`RtnStore::phoenix_int4`]), which
+/// costs seconds instead of a conversion's minutes.
+pub fn quantized_store() -> Box<dyn WeightStore> {
+    match std::env::var_os("MIXQ_TEST_MIXQ") {
+        Some(p) => Box::new(
+            MixqStore::open(std::path::Path::new(&p))
+                .unwrap_or_else(|e| panic!("MIXQ_TEST_MIXQ={}: {e:#}", p.to_string_lossy())),
+        ),
+        None => Box::new(RtnStore::phoenix_int4(open_store(&model_dir()).unwrap())),
+    }
 }
 
 /// One transformers reference fixture (tests/golden/<name>.json, written by scripts/make_golden.py).

@@ -5,8 +5,9 @@
 //! On the bf16 checkpoint the fast mode would differ only by its f16 KV cache (float weights
 //! take the f32 path in both modes), so the weights are quantized first, by round to nearest,
 //! to the `int4` recipe's types: every linear I4_GROUPED but o_proj I4_PER_CHANNEL, the
-//! embedding (= the tied lm_head) I8_ASYM, norms unchanged ([`RtnStore::phoenix_int4`]; a
-//! converted `.mixq` would need a 190 s conversion).
+//! embedding (= the tied lm_head) I8_ASYM, norms unchanged ([`mixq_runtime::backend::hybrid::store::RtnStore::phoenix_int4`]; a
+//! converted `.mixq` would need a 190 s conversion; `$MIXQ_TEST_MIXQ` names one to use instead,
+//! [`mixq_e2e::quantized_store`]).
 //! Both modes then read the same bytes and differ only by the activation and KV rounding.
 //!
 //! Acceptance per prompt (figures printed with --nocapture; measured on the 2-core dev
@@ -18,10 +19,8 @@
 //! at every 64th position (`mixq_e2e::compare::stride`).
 
 use mixq_e2e::compare::{compare, stride};
-use mixq_e2e::{goldens, model_dir};
+use mixq_e2e::{goldens, quantized_store};
 use mixq_runtime::backend::cpu::CpuBackend;
-use mixq_runtime::backend::hybrid::store::RtnStore;
-use mixq_runtime::weights::open_store;
 use mixq_runtime::Gemma3;
 use std::time::Instant;
 
@@ -33,9 +32,9 @@ const GREEDY: usize = 32;
 #[test]
 fn gemma3_270m_cpu_fast_matches_exact_on_golden_prompts() {
     let t0 = Instant::now();
-    let store = RtnStore::phoenix_int4(open_store(&model_dir()).unwrap());
-    let exact = Gemma3::load(&store, CpuBackend::new(None).unwrap()).unwrap();
-    let fast = Gemma3::load(&store, CpuBackend::fast(None).unwrap()).unwrap();
+    let store = quantized_store();
+    let exact = Gemma3::load(store.as_ref(), CpuBackend::new(None).unwrap()).unwrap();
+    let fast = Gemma3::load(store.as_ref(), CpuBackend::fast(None).unwrap()).unwrap();
     eprintln!(
         "exact: {}\nfast: {}\nloaded in {:.1} s",
         exact.backend_describe(),

@@ -3,9 +3,10 @@
 //! emulated on the host**: no XDNA hardware.
 //!
 //! Both sides run the same weights, a `.mixq`-like model made without the 190 s conversion
-//! ([`RtnStore::phoenix_int4`]: round to nearest, every linear int4, o_proj and q/k/v as the
+//! ([`mixq_runtime::backend::hybrid::store::RtnStore::phoenix_int4`]: round to nearest, every linear int4, o_proj and q/k/v as the
 //! `optimal` recipe types them, in `npu.bank0` where `convert --profile phoenix` places them;
-//! the embedding I8_ASYM). The CPU path (exact mode) computes the attention projections in f32; the hybrid path runs them with the NPU's W4ABF16
+//! the embedding I8_ASYM), or the converted file `$MIXQ_TEST_MIXQ` names
+//! ([`mixq_e2e::quantized_store`]). The CPU path (exact mode) computes the attention projections in f32; the hybrid path runs them with the NPU's W4ABF16
 //! arithmetic (bf16 activations, fp32 accumulation) and attention over a bf16 KV cache. So
 //! the two differ only by the bf16 arithmetic, and we report how much, per prompt:
 //! KL(P_cpu || P_npu) of the next-token distribution at every prompt position and greedy
@@ -28,13 +29,12 @@
 //! (`mixq_e2e::compare::stride`): the lm_head over all of them would be most of the test.
 
 use mixq_e2e::compare::{compare, stride};
-use mixq_e2e::{goldens, model_dir};
+use mixq_e2e::{goldens, quantized_store};
 use mixq_runtime::backend::cpu::CpuBackend;
-use mixq_runtime::backend::hybrid::store::RtnStore;
 use mixq_runtime::backend::hybrid::HybridBackend;
 use mixq_runtime::backend::vulkan::VulkanBackend;
 use mixq_runtime::backend::Backend;
-use mixq_runtime::weights::{open_store, WeightStore};
+use mixq_runtime::weights::WeightStore;
 use mixq_runtime::Gemma3;
 use std::time::Instant;
 
@@ -48,11 +48,7 @@ const VK_KL_MAX: f64 = 2.5e-2;
 /// Greedy steps on npu+vulkan.
 const VK_GREEDY: usize = 3;
 
-fn store() -> RtnStore {
-    RtnStore::phoenix_int4(open_store(&model_dir()).unwrap())
-}
-
-fn cpu(store: &RtnStore) -> Gemma3<CpuBackend> {
+fn cpu(store: &dyn WeightStore) -> Gemma3<CpuBackend> {
     Gemma3::load(store, CpuBackend::new(None).unwrap()).unwrap()
 }
 
@@ -67,11 +63,11 @@ fn all_attention_on_npu<G: Backend>(m: &Gemma3<HybridBackend<G>>) {
 #[test]
 fn gemma3_270m_npu_cpu_matches_cpu_on_golden_prompts() {
     let t0 = Instant::now();
-    let store = store();
+    let store = quantized_store();
     let cfg = store.config().clone();
-    let cpu = cpu(&store);
+    let cpu = cpu(store.as_ref());
     let npu = Gemma3::load(
-        &store,
+        store.as_ref(),
         HybridBackend::new(CpuBackend::new(None).unwrap(), "cpu", &cfg).unwrap(),
     )
     .unwrap();
@@ -100,14 +96,18 @@ fn gemma3_270m_npu_cpu_matches_cpu_on_golden_prompts() {
 #[test]
 fn gemma3_270m_npu_vulkan_matches_cpu_on_the_shortest_golden_prompt() {
     let t0 = Instant::now();
-    let store = store();
+    let store = quantized_store();
     let cfg = store.config().clone();
     let vk = VulkanBackend::new(None).unwrap_or_else(|e| {
         panic!("no usable Vulkan device ({e:#}): `make setup` installs Mesa's lavapipe")
     });
-    let nv = Gemma3::load(&store, HybridBackend::new(vk, "vulkan", &cfg).unwrap()).unwrap();
+    let nv = Gemma3::load(
+        store.as_ref(),
+        HybridBackend::new(vk, "vulkan", &cfg).unwrap(),
+    )
+    .unwrap();
     all_attention_on_npu(&nv);
-    let cpu = cpu(&store);
+    let cpu = cpu(store.as_ref());
     let g = goldens()
         .into_iter()
         .min_by_key(|g| g.prompt_ids.len())
