@@ -345,12 +345,11 @@ fn q8_len(cols: usize) -> usize {
     cols / 4 + cols / 32 + cols / 16
 }
 
+/// (source, 1, cols, Hadamard block or 0, seed or 0).
+type Q8Key = (vk::Buffer, usize, usize, usize, u64);
+
 /// Key of [`Recorder::quantized`]: (source, 1, cols, Hadamard block or 0, seed or 0).
-fn q8_key(
-    src: vk::Buffer,
-    cols: usize,
-    rot: Option<(usize, u64)>,
-) -> (vk::Buffer, usize, usize, usize, u64) {
+fn q8_key(src: vk::Buffer, cols: usize, rot: Option<(usize, u64)>) -> Q8Key {
     let (block, seed) = rot.unwrap_or((0, 0));
     (src, 1, cols, block, seed)
 }
@@ -846,14 +845,7 @@ impl VulkanBackend {
         rows: usize,
         d: usize,
         hint: Option<(usize, Option<(usize, u64)>)>,
-    ) -> Result<
-        Option<(
-            VkBuf,
-            (vk::Buffer, usize, usize, usize, u64),
-            u32,
-            vk::Buffer,
-        )>,
-    > {
+    ) -> Result<Option<(VkBuf, Q8Key, u32, vk::Buffer)>> {
         if rows != 1 || d % 32 != 0 || !self.int8_activations() {
             return Ok(None);
         }
