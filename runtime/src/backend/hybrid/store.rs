@@ -1,10 +1,9 @@
-//! A store that re-quantizes some tensors of another store by round-to-nearest per block (each
-//! block's min/max range; no calibration, no search), for tests and quality figures when no converted `.mixq` is at hand:
-//! - [`RtnStore::npu_attention`]: the attention projections to the `optimal` recipe's int4
-//!   types in `npu.bank0`, as `mixq-quantize convert --profile phoenix` places them (what the
-//!   hybrid scheduler's tests run);
-//! - [`RtnStore::phoenix_int4`]: every linear too, a `.mixq`-like model (the hybrid and the
-//!   CPU fast-vs-exact end-to-end tests);
+//! A store that re-quantizes some tensors of another store by round to nearest per block (each
+//! block's min/max range; no calibration, no search), for tests and quality figures when no
+//! converted `.mixq` is at hand:
+//! - [`RtnStore::phoenix_int4`]: a `.mixq`-like model, every linear int4 and the attention
+//!   projections in `npu.bank0` as `mixq-quantize convert --profile phoenix` places them (the
+//!   hybrid and the CPU fast-vs-exact end-to-end tests);
 //! - [`RtnStore::new`] with any rule.
 //!
 //! Other tensors pass through unchanged.
@@ -46,16 +45,6 @@ impl RtnStore {
             inner,
             "the int4 recipe's types (o_proj I4_PER_CHANNEL, embedding I8_ASYM), attention in npu.bank0",
             Box::new(phoenix_int4_rule),
-        )
-    }
-
-    /// q/k/v as I4_GROUPED and o as I4_PER_CHANNEL in `npu.bank0`.
-    pub fn npu_attention(inner: Box<dyn WeightStore>) -> Self {
-        let rule = |name: &str| attn_qtype(name).map(|q| (q, Some("npu.bank0")));
-        Self::new(
-            inner,
-            "attention projections quantized to int4 in npu.bank0",
-            Box::new(rule),
         )
     }
 }
