@@ -10,7 +10,7 @@ compiled here with GGML_NATIVE=ON, plus gguf and numpy). Steps:
     (llama_model_quantize, through the binding) makes Q8_0, Q4_0 and Q2_K from the F16 file.
     The Q4_K_M download is measured too.
  2. mixq's models: `mixq-quantize convert MODEL --recipe R` for each recipe (int8, int4,
-    optimal), cached by recipe under CACHE/mixq/ (--reconvert redoes them), plus the HF
+    optimal), cached by recipe and converter binary under CACHE/mixq/ (--reconvert redoes them), plus the HF
     checkpoint itself (bf16, mixq's full-precision path).
  3. Every model is measured in its own process (so load time and peak RSS are its own):
     `mixq-run bench --json` for mixq; this script's --llama-worker mode for llama.cpp, which
@@ -26,6 +26,7 @@ prefill of N tokens in one call (llama.cpp: n_batch = N, n_ubatch 512), then M d
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -238,13 +239,19 @@ def main() -> None:
         out = cache / "mixq" / f"gemma-3-270m-{recipe}.mixq"
         row = {"engine": "mixq", "model": recipe, "key": recipe}
         try:
-            if a.reconvert or not out.exists():
+            # the cache is keyed by the converter binary too: a rebuilt quantizer may write
+            # other types or layouts, and a stale file would be measured as today's recipe
+            stamp = out.with_suffix(".quantizer-sha256")
+            quantizer_id = hashlib.sha256(Path(a.mixq_quantize).read_bytes()).hexdigest()
+            stale = not stamp.exists() or stamp.read_text().strip() != quantizer_id
+            if a.reconvert or not out.exists() or stale:
                 log(f"converting {a.model} --recipe {recipe} (cached as {out})")
                 p = subprocess.run([a.mixq_quantize, "convert", str(a.model), "-o", str(out),
                                     "--recipe", recipe, "--profile", "cpu", "--no-eval", "--quiet"],
                                    capture_output=True, text=True)
                 if p.returncode != 0:
                     raise RuntimeError("mixq-quantize convert: " + p.stderr.strip()[-600:])
+                stamp.write_text(quantizer_id + "\n")
             row.update(run_json([a.mixq_run, "bench", "--json", "-m", str(out), *common]))
         except (RuntimeError, OSError) as e:
             row["error"] = str(e)
