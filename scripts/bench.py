@@ -210,6 +210,8 @@ def main() -> None:
     ap.add_argument("--quants", default="F16,Q8_0,Q4_0,Q2_K,Q4_K_M",
                     help="llama.cpp models to measure (Q4_K_M = the downloaded GGUF)")
     ap.add_argument("--reconvert", action="store_true", help="convert the .mixq files again")
+    ap.add_argument("--settle", type=float, default=150.0,
+                    help="seconds to wait at most for the load average to fall below 0.5 before measuring")
     ap.add_argument("--llama-worker", help=argparse.SUPPRESS)
     ap.add_argument("--prompt-ids", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -222,6 +224,11 @@ def main() -> None:
     src = a.source_gguf or cache.parent / "gguf" / "gemma-3-270m-q4_k_m.gguf"
     if not src.exists():
         sys.exit(f"bench.py: {src} missing: run `make test-model`")
+    # `make bench` builds first, and the build's load decays over a minute or two: wait for it
+    # (at most --settle seconds) so that the figures are taken on a quiet machine
+    t_settle = time.time()
+    while loadavg() > 0.5 and time.time() - t_settle < a.settle:
+        time.sleep(5)
     load0 = loadavg()
     if load0 > 0.5:
         log(f"WARNING: load average {load0:.2f} before starting: other processes share the CPU, "
