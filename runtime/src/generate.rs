@@ -1,7 +1,7 @@
 //! The generation loop: prefill the prompt, then sample one token at a time, streaming text.
 
 use crate::backend::Backend;
-use crate::model::gemma3::{Gemma3, Logits, Session};
+use crate::model::gemma3::{Gemma3, Session};
 use crate::sampling::{Sampler, SamplerConfig};
 use anyhow::Result;
 use mixq_format::tokenizer::Tokenizer;
@@ -85,9 +85,11 @@ pub fn generate<B: Backend>(
     let mut sampler = Sampler::new(opts.sampler.clone());
     let mut history: Vec<u32> = prompt.to_vec();
     let t0 = Instant::now();
-    let mut logits = model.forward(session, prompt, Logits::Last, |_, _| {})?;
-    let prefill_time = t0.elapsed();
-    let t1 = Instant::now();
+    let mut logits = model.forward_last(session, prompt)?;
+    // A GPU backend has only recorded the prefill so far: it ends when the first sampling
+    // reads its logits back, so the prefill is timed up to there and decoding from there.
+    let mut prefill_time = None;
+    let mut t1 = t0;
     let mut stream = TextStream::new();
     let (mut generated, mut text) = (Vec::new(), String::new());
     let max_pos = model.config.max_position_embeddings;
@@ -98,7 +100,11 @@ pub fn generate<B: Backend>(
         if interrupted() {
             break StopReason::Interrupted;
         }
-        let next = sampler.sample(&logits, &history);
+        let next = sampler.next(&logits, &history);
+        if prefill_time.is_none() {
+            prefill_time = Some(t0.elapsed());
+            t1 = Instant::now();
+        }
         if opts.stop_ids.contains(&next) {
             break StopReason::StopToken;
         }
@@ -132,13 +138,13 @@ pub fn generate<B: Backend>(
         if session.pos >= max_pos {
             break StopReason::ContextFull;
         }
-        logits = model.forward(session, &[next], Logits::Last, |_, _| {})?;
+        logits = model.forward_last(session, &[next])?;
     };
     Ok(Generation {
         generated_ids: generated,
         text,
         stop,
-        prefill_time,
+        prefill_time: prefill_time.unwrap_or_else(|| t0.elapsed()),
         decode_time: t1.elapsed(),
     })
 }

@@ -12,4 +12,4 @@ pub mod model;
 pub mod sampling;
 pub mod weights;
 
-pub use model::gemma3::{Gemma3, Logits, Session};
+pub use model::gemma3::{Gemma3, LastLogits, Logits, Session};

@@ -10,6 +10,7 @@
 use mixq_e2e::{goldens, model_dir, Golden};
 use mixq_format::tokenizer::Tokenizer;
 use mixq_runtime::backend::cpu::{top_k, CpuBackend};
+use mixq_runtime::sampling::{Sampler, SamplerConfig};
 use mixq_runtime::weights::open_store;
 use mixq_runtime::{Gemma3, Logits};
 use std::sync::OnceLock;
@@ -98,6 +99,24 @@ fn check_prompt(g: &Golden) {
         logits = m.forward(&mut s, &[next], Logits::Last, |_, _| {}).unwrap();
     }
     assert_eq!(out, g.greedy_ids, "{}: greedy tokens", g.name);
+    // The same tokens when only the top-1 is read back (what `generate` and `bench` do).
+    let mut greedy = Sampler::new(SamplerConfig {
+        temperature: 0.0,
+        ..SamplerConfig::default()
+    });
+    let mut s = m.new_session();
+    let mut logits = m.forward_last(&mut s, &ids).unwrap();
+    let mut top1 = Vec::new();
+    while top1.len() < g.greedy_ids.len() {
+        let next = greedy.next(&logits, &ids);
+        top1.push(next);
+        logits = m.forward_last(&mut s, &[next]).unwrap();
+    }
+    assert_eq!(
+        top1, g.greedy_ids,
+        "{}: greedy tokens, top-1 readback",
+        g.name
+    );
     assert_eq!(
         tok.decode(&out).unwrap(),
         g.greedy_text,

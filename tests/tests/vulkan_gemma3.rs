@@ -8,7 +8,8 @@
 //! (the golden test measures the same order between the CPU backend and torch). We require
 //! max |logit difference| over the whole vocabulary at every position below LOGIT_TOL = 1e-3
 //! (we measure ~5e-5 on lavapipe: 20x headroom, still 50x below typical greedy margins),
-//! identical argmax at every position, and 8 identical greedy tokens.
+//! identical argmax at every position, and 8 identical greedy tokens; then the same 8 tokens
+//! when only the device's top-1 is read back (what `generate` and `bench` do).
 //!
 //! No Vulkan device at all fails the test with a message (CI installs lavapipe).
 
@@ -17,6 +18,7 @@ use mixq_format::tokenizer::Tokenizer;
 use mixq_runtime::backend::cpu::{top_k, CpuBackend};
 use mixq_runtime::backend::vulkan::VulkanBackend;
 use mixq_runtime::backend::Backend;
+use mixq_runtime::sampling::{Sampler, SamplerConfig};
 use mixq_runtime::weights::open_store;
 use mixq_runtime::{Gemma3, Logits};
 
@@ -96,4 +98,28 @@ fn gemma3_270m_vulkan_matches_cpu() {
         out,
         tok.decode(&out).unwrap_or_default()
     );
+
+    // The same tokens reading back the device's top-1 instead of 262k logits, still one
+    // submission per step.
+    let mut greedy = Sampler::new(SamplerConfig {
+        temperature: 0.0,
+        ..SamplerConfig::default()
+    });
+    let mut s = gv.new_session();
+    let mut logits = gv.forward_last(&mut s, &ids).unwrap();
+    let mut history = ids.clone();
+    for (step, &want) in out.iter().enumerate() {
+        let (submits, _, _) = gv.backend.counters();
+        let next = greedy.next(&logits, &history);
+        assert_eq!(next, want, "top-1 readback: greedy token {step}");
+        if step > 0 {
+            assert_eq!(
+                gv.backend.counters().0 - submits,
+                1,
+                "submissions per decode step with the top-1 readback"
+            );
+        }
+        history.push(next);
+        logits = gv.forward_last(&mut s, &[next]).unwrap();
+    }
 }

@@ -2,7 +2,8 @@
 //! in the spirit of llama-bench's pp/tg tests.
 //!
 //! One run = a fresh session, prefill of `--prompt-tokens` tokens (a fixed English text, its
-//! tokens repeated), then `--gen-tokens` greedy decode steps that ignore end-of-sequence. Runs
+//! tokens repeated), then `--gen-tokens` greedy decode steps that ignore end-of-sequence, read
+//! back as `generate` reads them (the device's top-1, not the whole vocabulary). Runs
 //! repeat (`--reps`, after `--warmup` uncounted ones); each figure is the median over runs, with
 //! the minimum and maximum beside it. Timing is wall clock around the forward passes and the
 //! sampling, as a user sees it.
@@ -15,7 +16,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use mixq_runtime::backend::Backend;
 use mixq_runtime::sampling::{Sampler, SamplerConfig};
-use mixq_runtime::{Gemma3, Logits};
+use mixq_runtime::Gemma3;
 use serde::Serialize;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -103,15 +104,17 @@ pub fn run_once<B: Backend>(model: &Gemma3<B>, prompt: &[u32], gen: usize) -> Re
     let mut session = model.new_session();
     let mut history = prompt.to_vec();
     let t0 = Instant::now();
-    let logits = model.forward(&mut session, prompt, Logits::Last, |_, _| {})?;
-    let prefill = t0.elapsed();
-    let mut next = sampler.sample(&logits, &history);
+    let logits = model.forward_last(&mut session, prompt)?;
+    // A GPU backend has only recorded the prefill so far: it ends when the first token's
+    // top-1 comes back, so prefill and time to first token are the same moment.
+    let mut next = sampler.next(&logits, &history);
     let ttft = t0.elapsed();
+    let prefill = ttft;
     let t1 = Instant::now();
     for _ in 0..gen {
         history.push(next);
-        let logits = model.forward(&mut session, &[next], Logits::Last, |_, _| {})?;
-        next = sampler.sample(&logits, &history);
+        let logits = model.forward_last(&mut session, &[next])?;
+        next = sampler.next(&logits, &history);
     }
     let decode = t1.elapsed();
     let per_s = |n: usize, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);

@@ -9,6 +9,7 @@
 //! - the FFN is GELU(tanh)-gated; lm_head is the embedding (tied).
 
 use crate::backend::{AttnParams, Backend, RopeParams};
+use crate::sampling::LogitsSource;
 use crate::weights::WeightStore;
 use anyhow::{bail, Result};
 use mixq_format::{Gemma3Config, LayerKind};
@@ -199,6 +200,45 @@ impl<B: Backend> Gemma3<B> {
         mut on_row: impl FnMut(usize, &[f32]),
     ) -> Result<Vec<f32>> {
         let c = &self.config;
+        let mut last = Vec::new();
+        let mut done = 0;
+        self.run_batches(s, ids, |scratch, n| {
+            let first = match which {
+                Logits::Last => n - 1,
+                Logits::All => 0,
+            };
+            // The lm_head reads the whole embedding table: batch rows so it is read once per batch.
+            for r0 in (first..n).step_by(LOGIT_ROWS) {
+                let count = LOGIT_ROWS.min(n - r0);
+                let logits = self.logits_of_rows(&scratch.x, r0, count);
+                for (i, row) in logits.chunks_exact(c.vocab_size).enumerate() {
+                    on_row(done + r0 + i, row);
+                }
+                last = logits[(count - 1) * c.vocab_size..].to_vec();
+            }
+            done += n;
+        })?;
+        Ok(last)
+    }
+
+    /// Runs `ids` like [`Gemma3::forward`] but leaves the last position's logits on the device:
+    /// generation reads back only what its sampler needs ([`crate::sampling::Sampler::next`]).
+    pub fn forward_last(&self, s: &mut Session<B>, ids: &[u32]) -> Result<LastLogits<'_, B>> {
+        let (scratch, n) = self.run_batches(s, ids, |_, _| {})?;
+        let buf = self.device_logits(&scratch.x, n - 1, 1);
+        Ok(LastLogits { model: self, buf })
+    }
+
+    /// Checks `ids`, then runs them through the decoder stack in batches of up to
+    /// [`MAX_BATCH`], calling `after(scratch, n)` with each batch's final residual stream.
+    /// Returns the last batch's activations and its length.
+    fn run_batches(
+        &self,
+        s: &mut Session<B>,
+        ids: &[u32],
+        mut after: impl FnMut(&Activations<B>, usize),
+    ) -> Result<(Activations<B>, usize)> {
+        let c = &self.config;
         if ids.is_empty() {
             bail!("forward: no tokens");
         }
@@ -217,27 +257,13 @@ impl<B: Backend> Gemma3<B> {
             );
         }
         let mut scratch = Activations::new(&self.backend, &self.config, ids.len().min(MAX_BATCH));
-        let mut last = Vec::new();
-        let mut done = 0;
+        let mut n = 0;
         for chunk in ids.chunks(MAX_BATCH) {
             self.layers_forward(s, chunk, &mut scratch);
-            let n = chunk.len();
-            let first = match which {
-                Logits::Last => n - 1,
-                Logits::All => 0,
-            };
-            // The lm_head reads the whole embedding table: batch rows so it is read once per batch.
-            for r0 in (first..n).step_by(LOGIT_ROWS) {
-                let count = LOGIT_ROWS.min(n - r0);
-                let logits = self.logits_of_rows(&scratch.x, r0, count);
-                for (i, row) in logits.chunks_exact(c.vocab_size).enumerate() {
-                    on_row(done + r0 + i, row);
-                }
-                last = logits[(count - 1) * c.vocab_size..].to_vec();
-            }
-            done += chunk.len();
+            n = chunk.len();
+            after(&scratch, n);
         }
-        Ok(last)
+        Ok((scratch, n))
     }
 
     /// The decoder stack on one batch; leaves the final residual stream in `b.x`.
@@ -263,8 +289,19 @@ impl<B: Backend> Gemma3<B> {
     }
 
     /// Final norm and lm_head (the tied embedding) for `count` rows of the residual stream
-    /// starting at row `r0`.                                               (count, vocab)
+    /// starting at row `r0`, read back and softcapped.                     (count, vocab)
     fn logits_of_rows(&self, x: &B::Buf, r0: usize, count: usize) -> Vec<f32> {
+        let logits = self.device_logits(x, r0, count);
+        let mut out = self
+            .backend
+            .download(&logits, count * self.config.vocab_size);
+        out.iter_mut().for_each(|l| *l = self.softcap(*l));
+        out
+    }
+
+    /// Final norm and lm_head for `count` rows starting at row `r0`, left on the device and
+    /// not yet softcapped.                                                  (count, vocab)
+    fn device_logits(&self, x: &B::Buf, r0: usize, count: usize) -> B::Buf {
         let c = &self.config;
         let be = &self.backend;
         let mut h = be.alloc(count * c.hidden_size);
@@ -277,11 +314,43 @@ impl<B: Backend> Gemma3<B> {
             count,
             &mut logits,
         );
-        let mut out = be.download(&logits, count * c.vocab_size);
-        if let Some(cap) = c.final_logit_softcapping {
-            out.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
+        logits
+    }
+
+    /// The final logit softcap (Gemma 2; absent from Gemma 3 checkpoints), applied on the host
+    /// to what is read back.
+    fn softcap(&self, l: f32) -> f32 {
+        match self.config.final_logit_softcapping {
+            Some(cap) => (l / cap).tanh() * cap,
+            None => l,
         }
+    }
+}
+
+/// The last position's logits, still on the device; read back as a [`LogitsSource`].
+pub struct LastLogits<'m, B: Backend> {
+    model: &'m Gemma3<B>,
+    buf: B::Buf, // (vocab,) before the softcap
+}
+
+impl<B: Backend> LogitsSource for LastLogits<'_, B> {
+    fn vocab(&self) -> usize {
+        self.model.config.vocab_size
+    }
+    fn top(&self, k: usize) -> Vec<(u32, f32)> {
+        let mut top = self.model.backend.top_k(&self.buf, self.vocab(), k);
+        top.iter_mut()
+            .for_each(|(_, l)| *l = self.model.softcap(*l));
+        top
+    }
+    fn all(&self) -> Vec<f32> {
+        let mut out = self.model.backend.download(&self.buf, self.vocab());
+        out.iter_mut().for_each(|l| *l = self.model.softcap(*l));
         out
+    }
+    /// The softcap comes after the device ranked the raw logits and can make neighbours equal.
+    fn ties_ranked(&self) -> bool {
+        self.model.config.final_logit_softcapping.is_none()
     }
 }
 
