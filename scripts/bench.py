@@ -306,8 +306,11 @@ def report(rows: list[dict], a: argparse.Namespace, version: dict, sysinfo: str,
           + " ".join(f"{k}={v}" for k, v in version.items() if k != "llama_cpp_python"))
     print(f"  llama.cpp system info: {sysinfo}")
     print(f"  mixq: {mixq_dev}")
+    # the "after" figure includes the benchmark's own threads (about --threads), so only the
+    # load before the run says whether something else shared the CPU
     print(f"  machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} before, {load[1]:.2f} after"
-          + ("  <-- NOT QUIET: numbers unreliable" if max(load) > 0.5 else "") + "\n")
+          " (after includes the benchmark's own threads)"
+          + ("  <-- NOT QUIET: numbers unreliable" if load[0] > 0.5 else "") + "\n")
     hdr = (f"{'engine':<10} {'model':<22} {'size MB':>8} {'pp t/s':>9} {'tg t/s':>8} "
            f"{'ttft ms':>8} {'load s':>7} {'peak RSS MB':>11}")
     print(hdr)
