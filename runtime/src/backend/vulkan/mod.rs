@@ -806,11 +806,7 @@ impl VulkanBackend {
             grid(u((cols / 4).div_ceil(256))),
         )?;
         let b = out.buffer();
-        rec.quantized = Some(ops::RotatedInput {
-            key,
-            valid_at: rec.commands,
-            buf: out,
-        });
+        rec.remember_quantized(key, out);
         Ok(b)
     }
 
@@ -1236,11 +1232,7 @@ impl VulkanBackend {
             grid(u(rows)),
         )?;
         if let Some((buf, key, _, _)) = q8 {
-            rec.quantized = Some(ops::RotatedInput {
-                key,
-                valid_at: rec.commands,
-                buf,
-            });
+            rec.remember_quantized(key, buf);
         }
         Ok(())
     }
@@ -1333,11 +1325,7 @@ impl VulkanBackend {
             grid(u(rows)),
         )?;
         if let Some((buf, key, _, _)) = q8 {
-            rec.quantized = Some(ops::RotatedInput {
-                key,
-                valid_at: rec.commands,
-                buf,
-            });
+            rec.remember_quantized(key, buf);
         }
         Ok(())
     }
@@ -1560,11 +1548,7 @@ impl VulkanBackend {
                 grid(u(p.n * p.heads)),
             )?;
             if let Some(buf) = xq {
-                rec.quantized = Some(ops::RotatedInput {
-                    key: q8_key(out.buffer(), p.heads * d, None),
-                    valid_at: rec.commands,
-                    buf,
-                });
+                rec.remember_quantized(q8_key(out.buffer(), p.heads * d, None), buf);
             }
         }
         kv.len = end;

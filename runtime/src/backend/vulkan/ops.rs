@@ -148,6 +148,19 @@ pub fn grid(groups: u32) -> (u32, u32, u32) {
 }
 
 impl Recorder {
+    /// Records `buf` as the int8 form of the input `key`, valid from the command just recorded.
+    pub fn remember_quantized(
+        &mut self,
+        key: (vk::Buffer, usize, usize, usize, u64),
+        buf: super::VkBuf,
+    ) {
+        self.quantized = Some(RotatedInput {
+            key,
+            valid_at: self.commands,
+            buf,
+        });
+    }
+
     pub fn new(dev: &Device) -> Result<Recorder> {
         let d = &dev.device;
         // SAFETY: plain object creation on a live device.
