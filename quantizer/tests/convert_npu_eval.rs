@@ -11,21 +11,8 @@ use mixq_quantizer::convert::{convert, ConvertArgs, DEFAULT_DAMP};
 use mixq_quantizer::report::QualityReport;
 use std::path::{Path, PathBuf};
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("MIXQ_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("models/gemma-3-270m"));
-    assert!(
-        dir.join("config.json").is_file(),
-        "test model not found at {}: run `make test-model` (or set MIXQ_TEST_MODEL)",
-        dir.display()
-    );
-    dir
-}
+mod common;
+use common::{model_dir, workspace};
 
 /// The test model with `layers` layers: its config rewritten, its weights and tokenizer linked.
 fn truncated_model(dir: &Path, layers: usize) -> PathBuf {

@@ -4,23 +4,9 @@
 use mixq_format::tokenizer::Tokenizer;
 use mixq_quantizer::eval::{evaluate, windows, EVAL_WINDOW};
 use mixq_runtime::weights::open_store;
-use std::path::PathBuf;
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("MIXQ_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("models/gemma-3-270m"));
-    assert!(
-        dir.join("config.json").is_file(),
-        "test model not found at {}: run `make test-model` (or set MIXQ_TEST_MODEL)",
-        dir.display()
-    );
-    dir
-}
+mod common;
+use common::{model_dir, workspace};
 
 fn eval_text() -> String {
     let p = workspace().join("models/data/eval.txt");
