@@ -98,9 +98,9 @@ fn gemma3_270m_npu_vulkan_matches_cpu_on_the_shortest_golden_prompt() {
     npu_vulkan_against_cpu(false);
 }
 
-/// Every golden prompt through npu+vulkan on lavapipe: 135 s with `--release` on 2 cores (the
-/// 700-token prompt 61 s), several times that in the unoptimized test build `make test` uses,
-/// so `make test` runs only the shortest prompt above. Run it with
+/// Every golden prompt through npu+vulkan on lavapipe: 135 s on a quiet 2-core machine (the
+/// 700-token prompt 61 s) and several times that when other work shares the cores, so
+/// `make test` runs only the shortest prompt above. Run it with
 /// `cargo test --release -p mixq-e2e --test npu_hybrid -- --ignored --nocapture`.
 #[test]
 #[ignore]
