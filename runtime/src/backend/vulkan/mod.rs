@@ -478,18 +478,7 @@ impl VulkanBackend {
         let dev = self.dev();
         let cap = (dev.limits.max_storage_buffer_range as u64 / 16) * 16;
         let size = ((bytes.max(16) as u64).div_ceil(16) * 16).min(cap);
-        let src = RawBuf::new(dev, size, memory::MemoryUse::GpuOnly)?;
-        let dst = RawBuf::new(dev, size, memory::MemoryUse::GpuOnly)?;
-        let timed = self
-            .rec()
-            .time_copies(dev, src.buffer, dst.buffer, size, reps.max(1), true);
-        // SAFETY: time_copies waited for its submission; nothing else uses these buffers.
-        unsafe {
-            src.destroy(dev);
-            dst.destroy(dev);
-        }
-        let (secs, _) = timed?;
-        Ok(2.0 * size as f64 / secs.max(1e-12))
+        Ok(self.time_buffer_copy(size, reps, true)?.0)
     }
 
     /// [`Self::measure_copy_bandwidth`] and how it was timed ("gpu timestamps" or "wall
@@ -500,12 +489,23 @@ impl VulkanBackend {
         reps: usize,
     ) -> Result<(f64, &'static str)> {
         let size = (bytes.max(4) as u64).div_ceil(4) * 4;
+        self.time_buffer_copy(size, reps, false)
+    }
+
+    /// Bytes moved per second (read + write) copying `size` bytes between two fresh device
+    /// buffers `reps` times, by the shader (`copy_f32`) or the transfer engine.
+    fn time_buffer_copy(
+        &self,
+        size: u64,
+        reps: usize,
+        shader: bool,
+    ) -> Result<(f64, &'static str)> {
         let dev = self.dev();
         let src = RawBuf::new(dev, size, memory::MemoryUse::GpuOnly)?;
         let dst = RawBuf::new(dev, size, memory::MemoryUse::GpuOnly)?;
         let timed = self
             .rec()
-            .time_copies(dev, src.buffer, dst.buffer, size, reps.max(1), false);
+            .time_copies(dev, src.buffer, dst.buffer, size, reps.max(1), shader);
         // SAFETY: time_copies waited for its submission; nothing else uses these buffers.
         unsafe {
             src.destroy(dev);
