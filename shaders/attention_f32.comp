@@ -17,9 +17,19 @@
 // chunks of `chunk` keys, so a decode step over a long context runs heads x splits workgroups
 // instead of one per head. With splits > 1 each workgroup writes its un-normalized partial
 // (running max m, sum l, acc[head_dim]) to `part`, and attention_combine_f32 merges them.
+//
+// `fused` (decode, one token) folds two more dispatches in, each of which cost a barrier and a
+// launch (~5 us on the H100, 62 layers per token): Gemma 3's QK-norm and RoPE of the query
+// head and of the new key (norm_rope_f32's arithmetic) are applied as they are loaded — q and
+// k arrive raw from the projections, every workgroup normalizes what it reads and the storing
+// workgroup writes the normalized key into the cache — and the last split of a head to finish
+// merges the partials itself (attention_merge.glsl, with o_proj's int8 input): each split
+// counts itself in `cnt[head]` after writing its partial, and the one that sees splits - 1
+// merges and resets the counter for the next layer.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
 #include "common.glsl"
 
 layout(local_size_x = 64) in;
@@ -38,22 +48,74 @@ layout(push_constant) uniform Params {
     uint splits;
     uint store;    // n == 1: write k, v into the cache slot of pos0
     uint direct;   // write `o` (splits == 1), else the partials for attention_combine_f32
+    uint fused;    // n == 1: QK-norm + RoPE here, merge by the last split (header)
+    float eps;     // QK-norm's
 } p;
 
 layout(set = 0, binding = 0) readonly buffer Q { float q[]; };
 layout(set = 0, binding = 1) readonly buffer K4 { vec4 k4[]; };
+layout(set = 0, binding = 1) readonly buffer K { float k[]; };
 layout(set = 0, binding = 2) readonly buffer V { float v[]; };
 layout(set = 0, binding = 3) buffer KC4 { vec4 kc4[]; };
 layout(set = 0, binding = 4) buffer VC { float vc[]; };
 layout(set = 0, binding = 5) writeonly buffer O { float o[]; };
 // (n * heads * splits) records of head_dim + 2 floats: m, l, acc[head_dim]. Unused (bound to
-// `o` again) when direct.
-layout(set = 0, binding = 6) writeonly buffer Part { float part[]; };
+// `o` again) when direct. Coherent: with `fused` another workgroup's records are read.
+layout(set = 0, binding = 6) coherent buffer Part { float part[]; };
+// `fused` only (else bound to `o` again): QK-norm weights, the cos/sin table of the position
+// (norm_rope_f32's layout with n = 1), a zeroed counter per head, o_proj's int8 input.
+layout(set = 0, binding = 7) readonly buffer Wq { float wq[]; };
+layout(set = 0, binding = 8) readonly buffer Wk { float wk[]; };
+layout(set = 0, binding = 9) readonly buffer T { float table[]; };
+layout(set = 0, binding = 10) coherent buffer Cnt { uint cnt[]; };
+layout(set = 0, binding = 11) writeonly buffer XQ { uint xq[]; };
+
+#include "attention_merge.glsl"
 
 const uint MAX_DIMS = 8u; // head_dim <= 512
 const uint BLOCK = 16u;   // keys per block, 4 invocations each
 shared vec4 qs4[128];
 shared float sc[BLOCK];
+shared vec4 knew4[128]; // fused: the new key, normalized and rotated
+shared float nred[16];
+shared bool last_split;
+
+// QK-norm then RoPE of one head's raw values (norm_rope_f32's arithmetic) into `dst`: each
+// invocation holds the pairs (j, j + head_dim / 2) for j = tid + 64 i. A macro: GLSL cannot
+// pass buffers or shared arrays.
+#define NORM_ROPE_INTO(dst, SRC, at, W, tid, d)                                          \
+    {                                                                                  \
+        uint hf = d / 2u;                                                              \
+        float v0[4], v1[4];                                                            \
+        float ss = 0.0;                                                                \
+        for (uint i = 0u; i < 4u; i++) {                                               \
+            uint j = tid + 64u * i;                                                    \
+            v0[i] = j < hf ? SRC[at + j] : 0.0;                                        \
+            v1[i] = j < hf ? SRC[at + j + hf] : 0.0;                                   \
+            ss += v0[i] * v0[i] + v1[i] * v1[i];                                       \
+        }                                                                              \
+        ss = subgroupAdd(ss);                                                          \
+        if (subgroupElect()) {                                                         \
+            nred[gl_SubgroupID] = ss;                                                  \
+        }                                                                              \
+        barrier();                                                                     \
+        float tot = 0.0;                                                               \
+        for (uint i = 0u; i < gl_NumSubgroups; i++) {                                  \
+            tot += nred[i];                                                            \
+        }                                                                              \
+        barrier();                                                                     \
+        float inv = 1.0 / sqrt(tot / float(d) + p.eps);                                \
+        for (uint i = 0u; i < 4u; i++) {                                               \
+            uint j = tid + 64u * i;                                                    \
+            if (j < hf) {                                                              \
+                float x0 = v0[i] * inv * (1.0 + W[j]);                                 \
+                float x1 = v1[i] * inv * (1.0 + W[j + hf]);                            \
+                float c = table[j], sn = table[hf + j];                                \
+                dst[j / 4u][j % 4u] = x0 * c - x1 * sn;                                \
+                dst[(j + hf) / 4u][(j + hf) % 4u] = x1 * c + x0 * sn;                  \
+            }                                                                          \
+        }                                                                              \
+    }
 
 // Start of the kv_dim-wide row holding position `pos` (in the cache or the batch).
 uint kv_row(uint pos, uint kv_dim, out bool cached) {
@@ -80,18 +142,25 @@ void main() {
     uint lo = first + split * p.chunk;          // this split's keys: lo ..= hi
     uint hi = min(pos, lo + p.chunk - 1u);
 
+    bool fused = p.fused != 0u;
+    if (fused) {
+        NORM_ROPE_INTO(qs4, q, h * d, wq, tid, d)
+        NORM_ROPE_INTO(knew4, k, kvh * d, wk, tid, d)
+        barrier();
+    } else {
+        for (uint i = tid; i < d / 4u; i += 64u) {
+            uint b = (t * p.heads + h) * d + 4u * i;
+            qs4[i] = vec4(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
+        }
+    }
     if (p.store != 0u && split == 0u && h % (p.heads / p.kv_heads) == 0u) {
         uint slot = p.ring > 0u ? p.pos0 % p.ring : p.pos0;
         for (uint i = tid; i < d / 4u; i += 64u) {
-            kc4[(slot * kv_dim + kvh * d) / 4u + i] = k4[(kvh * d) / 4u + i];
+            kc4[(slot * kv_dim + kvh * d) / 4u + i] = fused ? knew4[i] : k4[(kvh * d) / 4u + i];
         }
         for (uint i = tid; i < d; i += 64u) {
             vc[slot * kv_dim + kvh * d + i] = v[kvh * d + i];
         }
-    }
-    for (uint i = tid; i < d / 4u; i += 64u) {
-        uint b = (t * p.heads + h) * d + 4u * i;
-        qs4[i] = vec4(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
     }
     barrier();
 
@@ -116,6 +185,12 @@ void main() {
                 for (uint j = 0u; j < 32u; j++) {
                     if (j < d16) {
                         a += qs4[q4 + j] * kc4[r4 + j];
+                    }
+                }
+            } else if (fused) {
+                for (uint j = 0u; j < 32u; j++) {
+                    if (j < d16) {
+                        a += qs4[q4 + j] * knew4[q4 + j];
                     }
                 }
             } else {
@@ -208,4 +283,22 @@ void main() {
             part[rec + 2u + dim] = acc[i];
         }
     }
+    if (!fused) {
+        return;
+    }
+    // Publish the partial, then count this split; the last one merges.
+    memoryBarrierBuffer();
+    barrier();
+    if (tid == 0u) {
+        last_split = atomicAdd(cnt[idx], 1u) == p.splits - 1u;
+    }
+    barrier();
+    if (!last_split) {
+        return;
+    }
+    if (tid == 0u) {
+        cnt[idx] = 0u;
+    }
+    memoryBarrierBuffer();
+    merge_splits(idx, tid, d, p.splits, true, p.heads * d);
 }

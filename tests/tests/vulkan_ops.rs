@@ -888,18 +888,31 @@ fn norms_and_attention_write_int8_inputs() {
         check("deferred layer end x", &v.download(&vx, d), &cx, NMSE_F32);
         check("deferred layer end y", &v.download(&vy, d), &cy, NMSE_F32);
     }
-    // Attention decode (split-K and not), then o_proj on its output: no quantize_x.
+    // QK-norm + RoPE, attention decode (split-K), then o_proj on its output: the norm, RoPE
+    // and merge run inside attention_f32, and no quantize_x.
     let (heads, kv_heads, hd) = (4, 2, 64);
     let o = weight(QType::I4PerChannel, 48, heads * hd, 48);
     let (c_o, v_o) = (c.load_weight(&o).unwrap(), v.load_weight(&o).unwrap());
+    let (wq, wk) = (
+        WeightSource::from_f32("q_norm", 1, hd, &rand_vec(hd, 61)),
+        WeightSource::from_f32("k_norm", 1, hd, &rand_vec(hd, 62)),
+    );
+    let (cwq, vwq) = (c.load_weight(&wq).unwrap(), v.load_weight(&wq).unwrap());
+    let (cwk, vwk) = (c.load_weight(&wk).unwrap(), v.load_weight(&wk).unwrap());
     let mut ckv = c.new_kv(kv_heads * hd, None);
     let mut vkv = v.new_kv(kv_heads * hd, None);
-    for (pos0, n) in [(0, 40), (40, 1), (41, 1)] {
-        let q = rand_vec(n * heads * hd, 70 + pos0 as u64);
-        let k = rand_vec(n * kv_heads * hd, 80 + pos0 as u64);
+    for (pos0, n) in [(0, 40), (40, 1), (41, 1), (42, 1)] {
+        let q: Vec<f32> = rand_vec(n * heads * hd, 70 + pos0 as u64)
+            .iter()
+            .map(|a| a * 20.0)
+            .collect();
+        let k: Vec<f32> = rand_vec(n * kv_heads * hd, 80 + pos0 as u64)
+            .iter()
+            .map(|a| a * 20.0)
+            .collect();
         let vv = rand_vec(n * kv_heads * hd, 90 + pos0 as u64);
-        let (cq, vq) = bufs(&c, &v, &q);
-        let (ck, vk_) = bufs(&c, &v, &k);
+        let (mut cq, mut vq) = bufs(&c, &v, &q);
+        let (mut ck, mut vk_) = bufs(&c, &v, &k);
         let (cv, vv_) = bufs(&c, &v, &vv);
         let (mut ca, mut va) = (c.alloc(n * heads * hd), v.alloc(n * heads * hd));
         let p = AttnParams {
@@ -912,8 +925,17 @@ fn norms_and_attention_write_int8_inputs() {
             scale: 0.125,
             softcap: None,
         };
+        let rope = RopeParams {
+            heads,
+            head_dim: hd,
+            pos0,
+            base: 10_000.0,
+            scale: 1.0,
+        };
+        c.qk_norm_rope(&mut cq, &mut ck, &cwq, &cwk, n, kv_heads, rope, 1e-6);
         c.attention(&mut ckv, &cq, &ck, &cv, &mut ca, p);
         let d0 = dispatches(&v);
+        v.qk_norm_rope(&mut vq, &mut vk_, &vwq, &vwk, n, kv_heads, rope, 1e-6);
         v.attention(&mut vkv, &vq, &vk_, &vv_, &mut va, p);
         if n > 1 {
             continue;
@@ -921,7 +943,11 @@ fn norms_and_attention_write_int8_inputs() {
         let (mut cout, mut vout) = (c.alloc(48), v.alloc(48));
         c.matmul(&c_o, &ca, 1, &mut cout);
         v.matmul(&v_o, &va, 1, &mut vout);
-        assert_eq!(dispatches(&v) - d0, 3, "attention, combine, o_proj matvec");
+        assert_eq!(
+            dispatches(&v) - d0,
+            2,
+            "attention (with QK-norm, RoPE, merge), o_proj matvec"
+        );
         check(
             &format!("attention pos0={pos0}"),
             &v.download(&va, heads * hd),

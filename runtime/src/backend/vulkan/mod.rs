@@ -45,6 +45,9 @@ pub(crate) struct Shared {
     /// Defer a layer's last add_rms_norm to fuse it with the next pre-norm (on unless
     /// `MIXQ_VK_DEFER_NORM=0`; [`VulkanBackend::try_add_rms_norm`]).
     defer_norms: bool,
+    /// Fold a decode step's QK-norm + RoPE and split merge into attention_f32 (on unless
+    /// `MIXQ_VK_FUSE_ATTN=0`; [`VulkanBackend::try_attention`]).
+    fuse_attention: bool,
     /// Dropped last: the device is destroyed in Drop, before the instance.
     instance: Instance,
 }
@@ -212,6 +215,9 @@ impl DeviceRows {
         out
     }
 }
+
+/// Heads one fused decode attention_f32 can merge ([`VulkanBackend::attention_counters`]).
+const ATTN_COUNTERS: usize = 1024;
 
 /// Split-K of attention_f32 for `rows` (token, head) pairs whose longest key range is `span`:
 /// (keys per split, splits). Aims at ~1024 workgroups (an H100 has 132 SMs; a workgroup's
@@ -417,6 +423,7 @@ impl VulkanBackend {
                 max_binding,
                 q8: std::sync::atomic::AtomicBool::new(true),
                 defer_norms: std::env::var("MIXQ_VK_DEFER_NORM").map_or(true, |v| v != "0"),
+                fuse_attention: std::env::var("MIXQ_VK_FUSE_ATTN").map_or(true, |v| v != "0"),
                 instance,
             }),
             upload_path,
@@ -567,7 +574,37 @@ impl VulkanBackend {
         if let Some(pn) = rec.pending_norm.take() {
             ok(self.record_pending(&mut rec, pn));
         }
+        if let Some(pq) = rec.pending_qk.take() {
+            ok(self.record_qk_norm_rope(&mut rec, pq));
+        }
         rec
+    }
+
+    fn record_qk_norm_rope(&self, rec: &mut Recorder, pq: ops::PendingQkNorm) -> Result<()> {
+        rec.dispatch(
+            self.dev(),
+            "norm_rope_f32",
+            &pq.buffers,
+            &pq.push,
+            grid(pq.groups),
+        )
+    }
+
+    /// attention_f32's per-head counters (zeroed once; the fused merge leaves them zero).
+    fn attention_counters(&self, rec: &mut Recorder) -> Result<vk::Buffer> {
+        if let Some(b) = &rec.attn_counters {
+            return Ok(b.buffer);
+        }
+        let zeros = vec![0u8; 4 * ATTN_COUNTERS];
+        let raw = RawBuf::new(
+            self.dev(),
+            zeros.len() as u64 + PAD,
+            memory::MemoryUse::GpuOnly,
+        )?;
+        rec.update(self.dev(), raw.buffer, 0, &zeros)?;
+        let b = raw.buffer;
+        rec.attn_counters = Some(raw);
+        Ok(b)
     }
 
     /// The recorder as it is (a deferred add_rms_norm stays pending).
@@ -1193,6 +1230,9 @@ impl VulkanBackend {
         }
         let spec = norm_shape(d)?;
         let mut rec = self.rec_deferred();
+        if let Some(pq) = rec.pending_qk.take() {
+            self.record_qk_norm_rope(&mut rec, pq)?;
+        }
         if let Some(pn) = rec.pending_norm.take() {
             if qkv_input && pn.x == x && pn.y == out && (pn.rows, pn.d, pn.eps) == (rows, d, eps) {
                 // The previous layer's end and this pre-norm: one add_rms_norm_f32.
@@ -1376,14 +1416,17 @@ impl VulkanBackend {
             q_norm.vector.as_ref().expect("norm weights are 1-D"),
             k_norm.vector.as_ref().expect("norm weights are 1-D"),
         );
-        rec.dispatch(
-            self.dev(),
-            "norm_rope_f32",
-            &[q.buffer(), k.buffer(), wq.buffer(), wk.buffer(), table],
-            &[u(n), u(p.heads), u(kv_heads), u(half), f(eps)],
-            grid(u(n * (p.heads + kv_heads))),
-        )?;
-        Ok(())
+        let pq = ops::PendingQkNorm {
+            buffers: [q.buffer(), k.buffer(), wq.buffer(), wk.buffer(), table],
+            push: [u(n), u(p.heads), u(kv_heads), u(half), f(eps)],
+            groups: u(n * (p.heads + kv_heads)),
+        };
+        // A decode step's waits for the attention that reads q and k (try_attention).
+        if n == 1 && self.shared.fuse_attention {
+            rec.pending_qk = Some(pq);
+            return Ok(());
+        }
+        self.record_qk_norm_rope(&mut rec, pq)
     }
 
     /// The cos/sin table of a batch (recorded once per command buffer and shape; every layer
@@ -1437,6 +1480,27 @@ impl VulkanBackend {
             "attention shapes (head_dim <= 512, a multiple of 16)"
         );
         let end = p.pos0 + p.n;
+        // Decode on int8 activations: the merge of the splits also writes o_proj's int8 input,
+        // so it runs even without a split.
+        let q8 = p.n == 1 && d % 32 == 0 && self.int8_activations();
+        // A deferred QK-norm + RoPE of exactly these q and k is applied inside attention_f32
+        // (which then also merges its splits itself); anything else records it first.
+        let pending = self.rec_deferred().pending_qk.take();
+        let fused = match pending {
+            Some(pq)
+                if q8
+                    && p.heads <= ATTN_COUNTERS
+                    && pq.buffers[0] == q.buffer()
+                    && pq.buffers[1] == k.buffer() =>
+            {
+                Some(pq)
+            }
+            Some(pq) => {
+                self.record_qk_norm_rope(&mut self.rec(), pq)?;
+                None
+            }
+            None => None,
+        };
         // A linear (global) cache grows by doubling; the copy is recorded in order.
         if kv.window.is_none() && end > kv.cap {
             let cap = end.next_power_of_two();
@@ -1459,17 +1523,30 @@ impl VulkanBackend {
         // Split-K: spread the longest query's keys over enough workgroups (flash-decoding).
         let span = end.min(p.window.unwrap_or(usize::MAX));
         let (chunk, splits) = attention_splits(p.n * p.heads, span);
-        // Decode on int8 activations: the combine pass also writes o_proj's int8 input, so it
-        // runs even without a split.
-        let q8 = p.n == 1 && d % 32 == 0 && self.int8_activations();
-        let combine = splits > 1 || q8;
-        let part = if combine {
+        let merge = splits > 1 || q8;
+        let part = if merge {
             Some(self.try_alloc(p.n * p.heads * splits * (d + 2))?)
         } else {
             None
         };
         let part_buf = part.as_ref().map_or(out.buffer(), |b| b.buffer());
+        let xq = if q8 {
+            Some(self.try_alloc(q8_len(p.heads * d))?)
+        } else {
+            None
+        };
+        let xq_buf = xq.as_ref().map_or(out.buffer(), |b| b.buffer());
         let mut rec = self.rec();
+        let fused_bindings = match &fused {
+            Some(pq) => [
+                pq.buffers[2],
+                pq.buffers[3],
+                pq.buffers[4],
+                self.attention_counters(&mut rec)?,
+                xq_buf,
+            ],
+            None => [out.buffer(); 5],
+        };
         let (gx, gy, _) = grid(u(p.n * p.heads));
         rec.dispatch(
             self.dev(),
@@ -1482,6 +1559,11 @@ impl VulkanBackend {
                 kv.v.buffer(),
                 out.buffer(),
                 part_buf,
+                fused_bindings[0],
+                fused_bindings[1],
+                fused_bindings[2],
+                fused_bindings[3],
+                fused_bindings[4],
             ],
             &[
                 u(p.n),
@@ -1496,7 +1578,9 @@ impl VulkanBackend {
                 u(chunk),
                 u(splits),
                 (p.n == 1) as u32,
-                !combine as u32,
+                !merge as u32,
+                fused.is_some() as u32,
+                f(fused.as_ref().map_or(0.0, |pq| f32::from_bits(pq.push[4]))),
             ],
             (gx, gy, u(splits)),
         )?;
@@ -1530,26 +1614,17 @@ impl VulkanBackend {
             rec.concurrent();
             rec.copy(self.dev(), v.buffer(), kv.v.buffer(), &regions)?;
         }
-        if combine {
-            let xq = if q8 {
-                Some(self.try_alloc(q8_len(p.heads * d))?)
-            } else {
-                None
-            };
+        if merge && fused.is_none() {
             rec.dispatch(
                 self.dev(),
                 "attention_combine_f32",
-                &[
-                    part_buf,
-                    out.buffer(),
-                    xq.as_ref().map_or(out.buffer(), |b| b.buffer()),
-                ],
+                &[part_buf, out.buffer(), xq_buf],
                 &[u(p.n * p.heads), u(d), u(splits), q8 as u32],
                 grid(u(p.n * p.heads)),
             )?;
-            if let Some(buf) = xq {
-                rec.remember_quantized(q8_key(out.buffer(), p.heads * d, None), buf);
-            }
+        }
+        if let Some(buf) = xq {
+            rec.remember_quantized(q8_key(out.buffer(), p.heads * d, None), buf);
         }
         kv.len = end;
         Ok(())

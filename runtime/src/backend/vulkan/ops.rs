@@ -87,6 +87,11 @@ pub struct Recorder {
     pub profiler: Option<Profiler>,
     /// A layer's last add_rms_norm, waiting to be fused with the next pre-norm.
     pub pending_norm: Option<PendingNorm>,
+    /// A decode step's QK-norm + RoPE, waiting to be fused into the attention that follows.
+    pub pending_qk: Option<PendingQkNorm>,
+    /// One zeroed counter per head for attention_f32's fused merge (each dispatch leaves them
+    /// zero again). Live as long as the recorder.
+    pub attn_counters: Option<RawBuf>,
     /// The next command needs no barrier before it ([`Self::concurrent`]).
     no_barrier: bool,
     /// A copy or update was recorded since the last barrier (or the buffer continues earlier
@@ -105,6 +110,14 @@ pub struct PendingNorm {
     pub rows: usize,
     pub d: usize,
     pub eps: f32,
+}
+
+/// A norm_rope_f32 dispatch not recorded yet (vulkan/mod.rs `try_qk_norm_rope`): its
+/// bindings (q, k, w_q, w_k, cos/sin table), push constants and workgroups.
+pub struct PendingQkNorm {
+    pub buffers: [vk::Buffer; 5],
+    pub push: [u32; 5],
+    pub groups: u32,
 }
 
 /// A rotated copy of an activation buffer, valid while no other command is recorded after the
@@ -216,6 +229,8 @@ impl Recorder {
                 qkv_hint: None,
                 ffn_hint: None,
                 pending_norm: None,
+                pending_qk: None,
+                attn_counters: None,
                 no_barrier: false,
                 transfer_since_barrier: true,
                 all_stages: std::env::var("MIXQ_VK_BARRIER").is_ok_and(|v| v == "all"),
@@ -651,6 +666,9 @@ impl Recorder {
         self.quantized = None;
         self.pipelines.destroy(dev);
         for (_, b) in self.signs.drain() {
+            b.destroy(dev);
+        }
+        if let Some(b) = self.attn_counters.take() {
             b.destroy(dev);
         }
         if let Some(b) = self.readback.take() {
