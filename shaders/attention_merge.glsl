@@ -13,6 +13,9 @@
 // The includer declares `part` (readable), `o`, `xq` (uint[]) and includes common.glsl and
 // the subgroup basic/arithmetic/shuffle extensions.
 
+#define Q8_DST xq
+#include "q8_store.glsl"
+
 shared float merge_red[8];
 shared float merge_wgt[64];
 shared vec4 merge_ov[128]; // head_dim <= 512
@@ -66,28 +69,7 @@ void merge_splits(uint idx, uint tid, uint d, uint splits, bool q8, uint cols) {
     barrier();
     for (uint i0 = 0u; i0 < d / 4u; i0 += 64u) {
         uint i = i0 + tid; // vec4 of this head
-        vec4 v = i < d / 4u ? merge_ov[i] : vec4(0.0);
-        vec4 a4 = abs(v);
-        float amax = max(max(a4.x, a4.y), max(a4.z, a4.w));
-        amax = max(amax, subgroupShuffleXor(amax, 1u));
-        amax = max(amax, subgroupShuffleXor(amax, 2u));
-        amax = max(amax, subgroupShuffleXor(amax, 4u));
-        float dq = amax / 127.0;
-        float id = amax > 0.0 ? 127.0 / amax : 0.0;
-        ivec4 c = clamp(ivec4(round(v * id)), ivec4(-127), ivec4(127));
-        int s = c.x + c.y + c.z + c.w;
-        s += subgroupShuffleXor(s, 1u);
-        s += subgroupShuffleXor(s, 2u);
-        if (i < d / 4u) {
-            uint gi = idx * d / 4u + i; // vec4 index in the row
-            uvec4 b = uvec4(c) & 0xffu;
-            xq[gi] = b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u);
-            if ((gi & 7u) == 0u) {
-                xq[cols / 4u + gi / 8u] = floatBitsToUint(dq);
-            }
-            if ((gi & 3u) == 0u) {
-                xq[cols / 4u + cols / 32u + gi / 4u] = floatBitsToUint(dq * float(s));
-            }
-        }
+        bool inside = i < d / 4u;
+        store_q8_vec4(idx * d / 4u + i, inside ? merge_ov[i] : vec4(0.0), cols, inside);
     }
 }

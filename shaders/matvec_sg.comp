@@ -26,6 +26,7 @@ layout(push_constant) uniform Params {
     uint codes_at;   // byte offset of the codes in a row (multiple of 16)
     uint rows1;      // FUSE_QKV: rows of weights 1 and 2
     uint rows2;
+    uint q8_out;     // FUSE_GELU: also write the output's int8 form (xqo; header)
 } p;
 
 #if defined(FUSE_QKV)
@@ -51,6 +52,17 @@ layout(set = 0, binding = 1) readonly buffer X4 { vec4 x4[]; };
 layout(set = 0, binding = 2) writeonly buffer O { float o[]; } outs[3];
 #else
 layout(set = 0, binding = 2) writeonly buffer O { float o[]; };
+#endif
+#ifdef FUSE_GELU
+// down_proj's int8 input (quantize_x_f32's layout over the p.rows outputs), when q8_out: the
+// host sets it only when a block of rows is whole groups of 32 (subgroups x ROWS % 32 == 0),
+// so each group's values meet in this workgroup's shared memory (saves down_proj's
+// quantize_x_f32 dispatch: a barrier and a launch). Else bound to O again.
+#extension GL_KHR_shader_subgroup_shuffle : require
+layout(set = 0, binding = 3) writeonly buffer XQO { uint xqo[]; };
+#define Q8_DST xqo
+#include "q8_store.glsl"
+shared float block_out[256];
 #endif
 
 #define WEIGHTS_GRANULES
@@ -132,10 +144,22 @@ void main() {
                 outs[SEG].o[r0 + r] = s;
 #elif defined(FUSE_GELU)
                 o[p.out_offset + r0 + r] = gelu_tanh(s) * su;
+                block_out[gl_SubgroupID * ROWS + r] = gelu_tanh(s) * su;
 #else
                 o[p.out_offset + r0 + r] = s;
 #endif
             }
         }
+#ifdef FUSE_GELU
+        if (p.q8_out != 0u) {
+            barrier();
+            uint t = gl_LocalInvocationID.x;
+            bool live = t < per_block / 4u && b * per_block + 4u * t < p.rows;
+            store_q8_vec4((b * per_block) / 4u + t, live ? vec4(block_out[4u * t],
+                block_out[4u * t + 1u], block_out[4u * t + 2u], block_out[4u * t + 3u]) : vec4(0.0),
+                p.rows, live);
+            barrier();
+        }
+#endif
     }
 }

@@ -813,6 +813,8 @@ fn norms_and_attention_write_int8_inputs() {
     let (g, up) = (rotated(46), rotated(47));
     let (cg, cu) = (c.load_weight(&g).unwrap(), c.load_weight(&up).unwrap());
     let (vg, vu) = (v.load_weight(&g).unwrap(), v.load_weight(&up).unwrap());
+    let down = weight(QType::I8Sym, 40, 96, 48);
+    let (c_down, v_down) = (c.load_weight(&down).unwrap(), v.load_weight(&down).unwrap());
     let dispatches = |v: &VulkanBackend| v.counters().1;
     for round in 0..2 {
         let x: Vec<f32> = rand_vec(d, 50 + round).iter().map(|a| a * 30.0).collect();
@@ -860,6 +862,20 @@ fn norms_and_attention_write_int8_inputs() {
         // Round 0: norm, hadamard, quantize_x, matvec_gelu; round 1: norm, matvec_gelu.
         let want = if round == 0 { 4 } else { 2 };
         assert_eq!(dispatches(&v) - d0, want, "round {round}: norm + gate/up");
+        // down_proj of the gate/up output: matvec_sg's gate/up wrote its int8 form when a
+        // workgroup's block of rows is whole groups of 32 (256 invocations, 1 row per
+        // subgroup: subgroups of 8, as on lavapipe), else quantize_x_f32 runs first.
+        let (mut cdo, mut vdo) = (c.alloc(40), v.alloc(40));
+        c.matmul(&c_down, &cgo, 1, &mut cdo);
+        let d0 = dispatches(&v);
+        v.matmul(&v_down, &vgo, 1, &mut vdo);
+        let wrote_q8 = v.device_info().subgroup_size == 8;
+        assert_eq!(
+            dispatches(&v) - d0,
+            if wrote_q8 { 1 } else { 2 },
+            "round {round}: down_proj (subgroup {})",
+            v.device_info().subgroup_size
+        );
         check("add_rms_norm x", &v.download(&vx, d), &cx, NMSE_F32);
         check("add_rms_norm y", &v.download(&vy, d), &cy, NMSE_F32);
         check(
@@ -868,6 +884,13 @@ fn norms_and_attention_write_int8_inputs() {
             &cgo,
             3.0 * NMSE_Q8,
         );
+        check(
+            &format!("round {round}: down_proj from gate/up's int8 output"),
+            &v.download(&vdo, 40),
+            &cdo,
+            3.0 * NMSE_Q8,
+        );
+
         // A layer's end (no next norm) then the next pre-norm of the same x into the same y:
         // one dispatch (the first is deferred and fused), same x and y.
         c.add_rms_norm(&mut cx, &mut cy, &cw2, None, 1, d, 1e-6);

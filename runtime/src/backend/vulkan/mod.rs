@@ -1158,7 +1158,8 @@ impl VulkanBackend {
             };
             // Each workgroup reads ROWS rows of both matrices: half matvec's rows per group
             // keeps the loads in flight (and registers) per invocation as for one matrix.
-            let (name, spec, groups) = if q8 && sg_config().on {
+            let sg = q8 && sg_config().on;
+            let (name, spec, groups) = if sg {
                 let (spec, groups) = sg_dispatch(
                     MatvecKind::Gelu,
                     |per| inter.div_ceil(per),
@@ -1175,6 +1176,14 @@ impl VulkanBackend {
                 let name = variant_act("matvec_gelu", gate_w.qtype, if q8 { "q8" } else { "f32" });
                 (name, [wg, per, unroll], u(inter.div_ceil(per as usize)))
             };
+            // matvec_sg also writes down_proj's int8 input when its blocks of rows are whole
+            // groups of 32 (matvec_sg.comp, `q8_out`).
+            let per_block = (spec[0] / self.dev().info.subgroup_size.max(1)).max(1) * spec[1];
+            let xq_out = if sg && inter % 32 == 0 && per_block % 32 == 0 && per_block <= 256 {
+                Some(self.try_alloc(q8_len(inter))?)
+            } else {
+                None
+            };
             let wb = [gate_w.chunks[0].buffer, up_w.chunks[0].buffer];
             let push = [
                 u(inter),
@@ -1184,20 +1193,23 @@ impl VulkanBackend {
                 u(gate_w.codes_at),
                 0,
                 0,
+                xq_out.is_some() as u32,
             ];
-            rec.dispatch_arrays(
-                self.dev(),
-                name,
-                &spec,
-                &[&wb, &[xb], &[gate.buffer()]],
-                &push,
-                grid(groups),
-            )?;
+            let xq_buf = [xq_out.as_ref().map_or(gate.buffer(), |b| b.buffer())];
+            let gelu_bindings: &[&[vk::Buffer]] = if sg {
+                &[&wb, &[xb], &[gate.buffer()], &xq_buf]
+            } else {
+                &[&wb, &[xb], &[gate.buffer()]]
+            };
+            rec.dispatch_arrays(self.dev(), name, &spec, gelu_bindings, &push, grid(groups))?;
             if !q8 && gate_w.rotation.is_some() {
                 rec.rotated.as_mut().unwrap().valid_at = rec.commands;
             }
             if q8 {
                 rec.quantized.as_mut().unwrap().valid_at = rec.commands;
+            }
+            if let Some(buf) = xq_out {
+                rec.remember_quantized(q8_key(gate.buffer(), inter, None), buf);
             }
             return Ok(());
         }
