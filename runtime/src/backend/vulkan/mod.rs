@@ -216,8 +216,10 @@ impl DeviceRows {
     }
 }
 
-/// Heads one fused decode attention_f32 can merge ([`VulkanBackend::attention_counters`]).
-const ATTN_COUNTERS: usize = 1024;
+/// Zeroed counters for the decode kernels that finish work in the last workgroup to arrive
+/// (attention_f32's merge per head, matvec_sg's int8 store per group of 32 gate/up outputs):
+/// [`VulkanBackend::zeroed_counters`].
+const COUNTERS: usize = 4096;
 
 /// Split-K of attention_f32 for `rows` (token, head) pairs whose longest key range is `span`:
 /// (keys per split, splits). Aims at ~1024 workgroups (an H100 has 132 SMs; a workgroup's
@@ -590,12 +592,12 @@ impl VulkanBackend {
         )
     }
 
-    /// attention_f32's per-head counters (zeroed once; the fused merge leaves them zero).
-    fn attention_counters(&self, rec: &mut Recorder) -> Result<vk::Buffer> {
+    /// The [`COUNTERS`] counters (zeroed once; every kernel that uses them leaves them zero).
+    fn zeroed_counters(&self, rec: &mut Recorder) -> Result<vk::Buffer> {
         if let Some(b) = &rec.attn_counters {
             return Ok(b.buffer);
         }
-        let zeros = vec![0u8; 4 * ATTN_COUNTERS];
+        let zeros = vec![0u8; 4 * COUNTERS];
         let raw = RawBuf::new(
             self.dev(),
             zeros.len() as u64 + PAD,
@@ -1176,11 +1178,13 @@ impl VulkanBackend {
                 let name = variant_act("matvec_gelu", gate_w.qtype, if q8 { "q8" } else { "f32" });
                 (name, [wg, per, unroll], u(inter.div_ceil(per as usize)))
             };
-            // matvec_sg also writes down_proj's int8 input when its blocks of rows are whole
-            // groups of 32 (matvec_sg.comp, `q8_out`).
+            // matvec_sg also writes down_proj's int8 input (matvec_sg.comp, `q8_out`).
             let per_block = (spec[0] / self.dev().info.subgroup_size.max(1)).max(1) * spec[1];
-            let xq_out = if sg && inter % 32 == 0 && per_block % 32 == 0 && per_block <= 256 {
-                Some(self.try_alloc(q8_len(inter))?)
+            let xq_out = if sg && inter % 32 == 0 && inter / 32 <= COUNTERS && per_block <= 128 {
+                Some((
+                    self.try_alloc(q8_len(inter))?,
+                    self.zeroed_counters(&mut rec)?,
+                ))
             } else {
                 None
             };
@@ -1195,9 +1199,11 @@ impl VulkanBackend {
                 0,
                 xq_out.is_some() as u32,
             ];
-            let xq_buf = [xq_out.as_ref().map_or(gate.buffer(), |b| b.buffer())];
+            let (xq_buf, cnt_buf) = xq_out
+                .as_ref()
+                .map_or((gate.buffer(), gate.buffer()), |(b, c)| (b.buffer(), *c));
             let gelu_bindings: &[&[vk::Buffer]] = if sg {
-                &[&wb, &[xb], &[gate.buffer()], &xq_buf]
+                &[&wb, &[xb], &[gate.buffer()], &[xq_buf], &[cnt_buf]]
             } else {
                 &[&wb, &[xb], &[gate.buffer()]]
             };
@@ -1208,7 +1214,7 @@ impl VulkanBackend {
             if q8 {
                 rec.quantized.as_mut().unwrap().valid_at = rec.commands;
             }
-            if let Some(buf) = xq_out {
+            if let Some((buf, _)) = xq_out {
                 rec.remember_quantized(q8_key(gate.buffer(), inter, None), buf);
             }
             return Ok(());
@@ -1501,7 +1507,7 @@ impl VulkanBackend {
         let fused = match pending {
             Some(pq)
                 if q8
-                    && p.heads <= ATTN_COUNTERS
+                    && p.heads <= COUNTERS
                     && pq.buffers[0] == q.buffer()
                     && pq.buffers[1] == k.buffer() =>
             {
@@ -1554,7 +1560,7 @@ impl VulkanBackend {
                 pq.buffers[2],
                 pq.buffers[3],
                 pq.buffers[4],
-                self.attention_counters(&mut rec)?,
+                self.zeroed_counters(&mut rec)?,
                 xq_buf,
             ],
             None => [out.buffer(); 5],
