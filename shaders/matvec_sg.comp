@@ -26,7 +26,6 @@ layout(push_constant) uniform Params {
     uint codes_at;   // byte offset of the codes in a row (multiple of 16)
     uint rows1;      // FUSE_QKV: rows of weights 1 and 2
     uint rows2;
-    uint q8_out;     // FUSE_GELU: also write the output's int8 form (xqo; header)
 } p;
 
 #if defined(FUSE_QKV)
@@ -48,27 +47,10 @@ layout(set = 0, binding = 0) readonly buffer W4 { uvec4 w4[]; };
 layout(set = 0, binding = 1) readonly buffer XQ { uint xq[]; };
 layout(set = 0, binding = 1) readonly buffer XQ4 { uvec4 xq4[]; };
 layout(set = 0, binding = 1) readonly buffer X4 { vec4 x4[]; };
-#if defined(FUSE_QKV)
+#ifdef FUSE_QKV
 layout(set = 0, binding = 2) writeonly buffer O { float o[]; } outs[3];
-#elif defined(FUSE_GELU)
-layout(set = 0, binding = 2) coherent buffer O { float o[]; }; // read back by q8_out
 #else
 layout(set = 0, binding = 2) writeonly buffer O { float o[]; };
-#endif
-#ifdef FUSE_GELU
-// down_proj's int8 input (quantize_x_f32's layout over the p.rows outputs) when q8_out, which
-// saves down_proj's quantize_x_f32 dispatch (a barrier and a launch). A group of 32 outputs
-// spans several workgroups' blocks (8 rows each at the default shape: the 32-row shapes that
-// would keep a group in one workgroup made this kernel slower than the dispatch it saves), so
-// each workgroup counts the rows it finished in cnt[group], and the one that completes a
-// group reads its 32 values back and quantizes them, then zeroes the counter. Else XQO and
-// Cnt are bound to O again.
-#extension GL_KHR_shader_subgroup_shuffle : require
-layout(set = 0, binding = 3) writeonly buffer XQO { uint xqo[]; };
-layout(set = 0, binding = 4) coherent buffer Cnt { uint cnt[]; };
-#define Q8_DST xqo
-#include "q8_store.glsl"
-shared uint completed[8];
 #endif
 
 #define WEIGHTS_GRANULES
@@ -155,37 +137,5 @@ void main() {
 #endif
             }
         }
-#ifdef FUSE_GELU
-        if (p.q8_out != 0u) {
-            // Count this block's rows per group of 32; quantize the groups it completed.
-            uint first = b * per_block, end = min(first + per_block, rows);
-            uint g0 = first / 32u, ng = (end - 1u) / 32u - g0 + 1u; // <= 8 (host)
-            memoryBarrierBuffer();
-            barrier();
-            uint t = gl_LocalInvocationID.x;
-            if (t < ng) {
-                uint g = g0 + t;
-                uint mine = min(end, 32u * g + 32u) - max(first, 32u * g);
-                completed[t] = atomicAdd(cnt[g], mine) + mine == 32u ? 1u : 0u;
-            }
-            barrier();
-            if (gl_SubgroupID == 0u) {
-                memoryBarrierBuffer();
-                for (uint i = 0u; i < ng; i++) {
-                    if (completed[i] != 0u) {
-                        uint g = g0 + i;
-                        bool live = lane < 8u;
-                        uint at = 32u * g + 4u * min(lane, 7u);
-                        vec4 v = vec4(o[at], o[at + 1u], o[at + 2u], o[at + 3u]);
-                        store_q8_vec4(8u * g + lane, v, p.rows, live);
-                        if (lane == 0u) {
-                            cnt[g] = 0u;
-                        }
-                    }
-                }
-            }
-            barrier();
-        }
-#endif
     }
 }

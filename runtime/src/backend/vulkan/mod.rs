@@ -216,10 +216,9 @@ impl DeviceRows {
     }
 }
 
-/// Zeroed counters for the decode kernels that finish work in the last workgroup to arrive
-/// (attention_f32's merge per head, matvec_sg's int8 store per group of 32 gate/up outputs):
-/// [`VulkanBackend::zeroed_counters`].
-const COUNTERS: usize = 4096;
+/// Zeroed counters, one per head, for attention_f32's merge by the last split to finish
+/// ([`VulkanBackend::zeroed_counters`]).
+const COUNTERS: usize = 1024;
 
 /// Split-K of attention_f32 for `rows` (token, head) pairs whose longest key range is `span`:
 /// (keys per split, splits). Aims at ~1024 workgroups (an H100 has 132 SMs; a workgroup's
@@ -1160,8 +1159,7 @@ impl VulkanBackend {
             };
             // Each workgroup reads ROWS rows of both matrices: half matvec's rows per group
             // keeps the loads in flight (and registers) per invocation as for one matrix.
-            let sg = q8 && sg_config().on;
-            let (name, spec, groups) = if sg {
+            let (name, spec, groups) = if q8 && sg_config().on {
                 let (spec, groups) = sg_dispatch(
                     MatvecKind::Gelu,
                     |per| inter.div_ceil(per),
@@ -1178,16 +1176,6 @@ impl VulkanBackend {
                 let name = variant_act("matvec_gelu", gate_w.qtype, if q8 { "q8" } else { "f32" });
                 (name, [wg, per, unroll], u(inter.div_ceil(per as usize)))
             };
-            // matvec_sg also writes down_proj's int8 input (matvec_sg.comp, `q8_out`).
-            let per_block = (spec[0] / self.dev().info.subgroup_size.max(1)).max(1) * spec[1];
-            let xq_out = if sg && inter % 32 == 0 && inter / 32 <= COUNTERS && per_block <= 128 {
-                Some((
-                    self.try_alloc(q8_len(inter))?,
-                    self.zeroed_counters(&mut rec)?,
-                ))
-            } else {
-                None
-            };
             let wb = [gate_w.chunks[0].buffer, up_w.chunks[0].buffer];
             let push = [
                 u(inter),
@@ -1197,25 +1185,20 @@ impl VulkanBackend {
                 u(gate_w.codes_at),
                 0,
                 0,
-                xq_out.is_some() as u32,
             ];
-            let (xq_buf, cnt_buf) = xq_out
-                .as_ref()
-                .map_or((gate.buffer(), gate.buffer()), |(b, c)| (b.buffer(), *c));
-            let gelu_bindings: &[&[vk::Buffer]] = if sg {
-                &[&wb, &[xb], &[gate.buffer()], &[xq_buf], &[cnt_buf]]
-            } else {
-                &[&wb, &[xb], &[gate.buffer()]]
-            };
-            rec.dispatch_arrays(self.dev(), name, &spec, gelu_bindings, &push, grid(groups))?;
+            rec.dispatch_arrays(
+                self.dev(),
+                name,
+                &spec,
+                &[&wb, &[xb], &[gate.buffer()]],
+                &push,
+                grid(groups),
+            )?;
             if !q8 && gate_w.rotation.is_some() {
                 rec.rotated.as_mut().unwrap().valid_at = rec.commands;
             }
             if q8 {
                 rec.quantized.as_mut().unwrap().valid_at = rec.commands;
-            }
-            if let Some((buf, _)) = xq_out {
-                rec.remember_quantized(q8_key(gate.buffer(), inter, None), buf);
             }
             return Ok(());
         }
