@@ -56,14 +56,15 @@ const Q8_FORMATS: [(&str, &str); 5] = [
 /// subgroups of 32, each FM x FN fragments of 16 x 16 (rows x tokens), k in steps of BK. Only
 /// dispatched where the device has VK_NV_cooperative_matrix (vulkan/device.rs `coop_prefill`);
 /// vulkan/mod.rs `COOP_TILES` lists the same names.
-const COOP_TILES: [(&str, u32, u32, u32, u32, u32); 7] = [
+///
+/// The backend picks 128x64 up to 128 tokens and 128x128s8 above; the other two are for
+/// measurements (`MIXQ_VK_COOP_TILE`). Measured on the H100 and dropped: BK = 64 variants of
+/// each (slower everywhere: fewer workgroups fit, the same latency per step).
+const COOP_TILES: [(&str, u32, u32, u32, u32, u32); 4] = [
     ("128x64", 4, 2, 2, 2, 32),
+    ("128x128s8", 4, 2, 2, 4, 32),
     ("64x64", 2, 2, 2, 2, 32),
     ("128x128", 2, 2, 4, 4, 32),
-    ("128x128s8", 4, 2, 2, 4, 32),
-    ("128x64k64", 4, 2, 2, 2, 64),
-    ("64x64k64", 2, 2, 2, 2, 64),
-    ("128x128k64", 2, 2, 4, 4, 64),
 ];
 
 /// Ops on f32 activations only.

@@ -73,23 +73,33 @@ shared float16_t ws[BM * LDS];
 shared float16_t xs[BN * LDS];
 shared float cs[WM * WN * 256u];
 
-vec4 i8x4(uint c) {
-    ivec4 v = ivec4(int(c << 24u), int(c << 16u), int(c << 8u), int(c)) >> 24;
-    return vec4(v);
-}
-
-vec4 u8x4(uint c) {
-    return vec4(c & 0xffu, (c >> 8u) & 0xffu, (c >> 16u) & 0xffu, c >> 24u);
-}
-
 uvec4 pack8(vec4 a, vec4 b) {
     return uvec4(packHalf2x16(a.xy), packHalf2x16(a.zw), packHalf2x16(b.xy), packHalf2x16(b.zw));
 }
 
+// The integer formats decode without a single int -> float conversion (quarter rate on NVIDIA,
+// and two per weight were what bounded this kernel): byte b < 256 placed in the mantissa of
+// f16 1024 (0x6400 | b) is exactly 1024 + b, so (that - off) * s + m on packed f16 pairs
+// (HFMA2) gives the weight. c.x holds elements 0..3 (byte i = element i), c.y 4..7.
+uvec2 b4_f16(uint c) {
+    return uvec2((c & 0xffu) | ((c << 8u) & 0xff0000u),
+                 ((c >> 16u) & 0xffu) | ((c >> 8u) & 0xff0000u)) | 0x64006400u;
+}
+uint affine2(uint h, float16_t off, f16vec2 s, f16vec2 m) {
+    return packFloat2x16(fma(unpackFloat2x16(h) - off, s, m));
+}
+uvec4 affine8(uvec2 c, float16_t off, float16_t s, float16_t m) {
+    uvec2 a = b4_f16(c.x), b = b4_f16(c.y);
+    f16vec2 s2 = f16vec2(s), m2 = f16vec2(m);
+    return uvec4(affine2(a.x, off, s2, m2), affine2(a.y, off, s2, m2),
+                 affine2(b.x, off, s2, m2), affine2(b.y, off, s2, m2));
+}
+
 // Per format: WRaw, the raw words of elements k..k+7 (k % 8 == 0) of the row at byte rb and
-// their parameters; w8_fetch loads them; w8_half decodes them to 8 f16 (4 packed pairs). All-zero
-// raw words decode to zeros (rows past the end are not fetched). Formulas as formats/SPEC.md
-// (and weights.glsl's w_elem), in f32, rounded to f16 once.
+// their parameters; w8_fetch loads them; w8_half decodes them to 8 f16 (4 packed pairs).
+// Formulas as formats/SPEC.md (and weights.glsl's w_elem): the float formats are converted, the
+// integer ones computed in f16 by affine8 (params rounded to f16 first: the weight carries up to
+// two f16 roundings, inside the f16 tolerance of the products anyway).
 #if defined(W_F32)
 struct WRaw { uvec4 a; uvec4 b; };
 WRaw w8_fetch(uint rb, uint k) {
@@ -129,8 +139,9 @@ WRaw w8_fetch(uint rb, uint k) {
     return WRaw(w2[((rb + p.codes_at) >> 3u) + k / 8u], w[(rb >> 2u) + k / 64u]);
 }
 uvec4 w8_half(WRaw r, uint k) {
-    float d = unpackHalf2x16(r.s)[(k / 32u) & 1u];
-    return pack8(d * i8x4(r.c.x), d * i8x4(r.c.y));
+    // Signed codes with the sign bit flipped are q + 128 as unsigned bytes.
+    float16_t d = unpackFloat2x16(r.s)[(k / 32u) & 1u];
+    return affine8(r.c ^ 0x80808080u, float16_t(1152.0), d, float16_t(0.0));
 }
 
 #elif defined(W_I8_ASYM)
@@ -140,8 +151,8 @@ WRaw w8_fetch(uint rb, uint k) {
     return WRaw(w2[((rb + p.codes_at) >> 3u) + k / 8u], w[(rb >> 2u) + k / 64u]);
 }
 uvec4 w8_half(WRaw r, uint k) {
-    vec2 sm = unpackHalf2x16(r.sm);
-    return pack8(sm.y + sm.x * u8x4(r.c.x), sm.y + sm.x * u8x4(r.c.y));
+    f16vec2 sm = unpackFloat2x16(r.sm);
+    return affine8(r.c, float16_t(1024.0), sm.x, sm.y);
 }
 
 #elif defined(W_I4_GROUPED) || defined(W_I4_PER_CHANNEL)
@@ -162,7 +173,7 @@ WRaw w8_fetch(uint rb, uint k) {
 uvec4 w8_half(WRaw r, uint k) {
     uint sh = (k % 64u) < 32u ? 0u : 4u;
     uvec2 q = (r.c >> sh) & 0x0f0f0f0fu;
-    return pack8(r.sm.y + r.sm.x * u8x4(q.x), r.sm.y + r.sm.x * u8x4(q.y));
+    return affine8(q, float16_t(1024.0), float16_t(r.sm.x), float16_t(r.sm.y));
 }
 
 #elif defined(W_I2_STRUCTURED)
@@ -182,7 +193,7 @@ uvec4 w8_half(WRaw r, uint k) {
     vec2 dd = unpackHalf2x16(r.dd);
     uint sc = (r.scw >> (8u * ((i / 16u) % 4u))) & 0xffu;
     float a = dd.x * float(sc & 15u), m = dd.y * float(sc >> 4u);
-    return pack8(a * u8x4(q.x) - m, a * u8x4(q.y) - m);
+    return affine8(q, float16_t(1024.0), float16_t(a), float16_t(-m));
 }
 
 #else

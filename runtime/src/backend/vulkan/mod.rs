@@ -232,14 +232,11 @@ impl DeviceRows {
 
 /// matmul_coop's tile shapes (runtime/build.rs `COOP_TILES`): (name, weight rows, tokens, k
 /// per step).
-const COOP_TILES: [(&str, usize, usize, usize); 7] = [
-    ("128x128", 128, 128, 32),
+const COOP_TILES: [(&str, usize, usize, usize); 4] = [
     ("128x64", 128, 64, 32),
-    ("64x64", 64, 64, 32),
     ("128x128s8", 128, 128, 32),
-    ("128x64k64", 128, 64, 64),
-    ("64x64k64", 64, 64, 64),
-    ("128x128k64", 128, 128, 64),
+    ("64x64", 64, 64, 32),
+    ("128x128", 128, 128, 32),
 ];
 
 /// Workgroups a matmul_coop dispatch should have to fill the GPU: two per SM of an H100 (132
@@ -257,17 +254,20 @@ fn coop_splits(groups: usize, steps: usize) -> usize {
     splits
 }
 
-/// The matmul_coop tile for `rows` x `n` tokens (index into [`COOP_TILES`]): the largest (the
-/// most products per shared-memory load) that still launches at least `MIN_GROUPS` workgroups,
-/// else the smallest; `forced` > 0 overrides.
-fn coop_tile(rows: usize, n: usize, forced: usize) -> usize {
+/// The matmul_coop tile for `n` tokens (index into [`COOP_TILES`]); `forced` > 0 overrides.
+/// Measured end to end on the H100 (27B, shaders/README.md "Prefill"): 128 rows x 64 tokens
+/// (8 subgroups of 32 x 32) up to 128 tokens, where 128-token tiles leave the grid too small
+/// even with split k; 128 x 128 (8 subgroups of 32 x 64: each weight tile decoded once per 128
+/// tokens) above.
+fn coop_tile(n: usize, forced: usize) -> usize {
     if forced > 0 {
         return forced - 1;
     }
-    COOP_TILES[..3]
-        .iter()
-        .position(|&(_, bm, bn, _)| rows.div_ceil(bm) * n.div_ceil(bn) >= COOP_MIN_GROUPS)
-        .unwrap_or(2)
+    if n <= 128 {
+        0
+    } else {
+        1
+    }
 }
 
 /// Split-K of attention_f32 for `rows` (token, head) pairs whose longest key range is `span`:
@@ -1092,7 +1092,7 @@ impl VulkanBackend {
                 // Chunks write disjoint output rows: no barrier between them.
                 rec.concurrent();
             }
-            let (tile, bm, bn, bk) = COOP_TILES[coop_tile(c.rows, n, forced)];
+            let (tile, bm, bn, bk) = COOP_TILES[coop_tile(n, forced)];
             let groups = (c.rows.div_ceil(bm), n.div_ceil(bn));
             // Split k only for a single chunk (the partials' buffer is per dispatch).
             let splits = if single {
