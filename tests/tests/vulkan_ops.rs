@@ -1121,7 +1121,9 @@ fn matmul_prefill_speed_27b_shapes() {
             ("coop 128x128", true, Some("128x128")),
         ]);
     }
-    // Last: its long calls are followed by slower coop timings (the GPU's clocks, likely).
+    // Last per shape: on the H100 the first coop timings after a long portable run read
+    // several times slower (cause not found; bench --profile does not show it), and they still
+    // do for the next shape's first kernels.
     kernels.push(("portable", false, None));
     for (name, q, rows, cols) in shapes {
         let base = weight(q, 256, cols, 3);
