@@ -51,8 +51,27 @@ const Q8_FORMATS: [(&str, &str); 5] = [
     ("i2structured", "W_I2_STRUCTURED"),
 ];
 
+/// Tensor-core prefill (matmul_coop.comp, GL_NV_cooperative_matrix): one variant per weight
+/// format and tile shape, `matmul_coop_{w}_f32_{tile}`. (tile, WM, WN, FM, FN, BK): WM x WN
+/// subgroups of 32, each FM x FN fragments of 16 x 16 (rows x tokens), k in steps of BK. Only
+/// dispatched where the device has VK_NV_cooperative_matrix (vulkan/device.rs `coop_prefill`);
+/// vulkan/mod.rs `COOP_TILES` lists the same names.
+///
+/// The backend picks 128x64 up to 128 tokens and 128x128s8 above; the other two are for
+/// measurements (`MIXQ_VK_COOP_TILE`). Measured on the H100 and dropped: BK = 64 variants of
+/// each (slower everywhere: fewer workgroups fit, the same latency per step).
+const COOP_TILES: [(&str, u32, u32, u32, u32, u32); 4] = [
+    ("128x64", 4, 2, 2, 2, 32),
+    ("128x128s8", 4, 2, 2, 4, 32),
+    ("64x64", 2, 2, 2, 2, 32),
+    ("128x128", 2, 2, 4, 4, 32),
+];
+
 /// Ops on f32 activations only.
-const F32_OPS: [&str; 12] = [
+const F32_OPS: [&str; 14] = [
+    // f16 input of matmul_coop (per-token power-of-two scale) and its split-k sums.
+    "quantize_x16_f32",
+    "sum_splits_f32",
     "quantize_x_f32",
     "copy_f32",
     "add_rms_norm_f32",
@@ -90,6 +109,23 @@ fn main() {
                 defines.push(extra.to_string());
             }
             jobs.push((format!("{op}_{w}_q8"), src.to_string(), defines));
+        }
+    }
+    for (tile, wm, wn, fm, fn_, bk) in COOP_TILES {
+        for (w, define) in WEIGHT_FORMATS {
+            let defines = vec![
+                define.to_string(),
+                format!("WM={wm}"),
+                format!("WN={wn}"),
+                format!("FM={fm}"),
+                format!("FN={fn_}"),
+                format!("BK={bk}"),
+            ];
+            jobs.push((
+                format!("matmul_coop_{w}_f32_{tile}"),
+                "matmul_coop.comp".to_string(),
+                defines,
+            ));
         }
     }
     for op in F32_OPS {

@@ -22,6 +22,10 @@
 //!   nmse ~1e-5 on random data (measured 2e-6 to 3e-5 on lavapipe), while a decode bug gives
 //!   ~1. gate_up on int8 activations: 3 x NMSE_Q8, since gelu(gate) * up carries the errors of
 //!   two products (measured 3.5e-5 to 1.1e-4).
+//! - NMSE_F16 = 1e-5 for prefill matmuls on the tensor cores (matmul_coop.comp, only on GPUs
+//!   with VK_NV_cooperative_matrix; `vk()` turns it off): x and the decoded weights are rounded
+//!   to f16 (relative error uniform in +-2^-11, rms ~2.8e-4 each), products and sums are f32,
+//!   so nmse ~2 x (2.8e-4)^2 ~ 1.6e-7; a tiling or decode bug gives ~1.
 //! - NMSE_ELEM = 1e-12 for element-wise ops (add, gelu_mul, rope): one to a few roundings per
 //!   element; GPU tanh/fma may differ by an ulp.
 
@@ -35,11 +39,14 @@ use mixq_runtime::weights::WeightSource;
 const NMSE_F32: f64 = 1e-10;
 const NMSE_ELEM: f64 = 1e-12;
 const NMSE_Q8: f64 = 1e-4;
+const NMSE_F16: f64 = 1e-5;
 
-/// The f32-activation kernels (int8 activations off): results match the CPU's exact mode.
+/// The f32-activation kernels (int8 activations off, prefill on the portable f32 tiles):
+/// results match the CPU's exact mode.
 fn vk() -> VulkanBackend {
     let v = vk_default();
     v.set_int8_activations(false);
+    v.set_coop_matmul(false);
     v
 }
 
@@ -141,6 +148,109 @@ fn matmul_every_weight_format_decode_and_prefill() {
             );
         }
     }
+}
+
+/// Prefill on the tensor cores (matmul_coop.comp) against the CPU's exact matmul: every weight
+/// format, every tile shape, token and row counts that leave partial tiles, a token of zeros,
+/// tokens whose values overflow f16 unscaled (quantize_x16_f32's per-token scale), and a
+/// Hadamard-rotated gate/up pair sharing one f16 input. Where the device has no
+/// VK_NV_cooperative_matrix (lavapipe) it checks that the portable kernel is the one chosen.
+#[test]
+fn matmul_coop_prefill() {
+    let (c, v) = (cpu(), vk_default());
+    if !v.device_info().coop_prefill {
+        assert!(!v.coop_matmul(), "no cooperative matrix: portable prefill");
+        assert!(v.describe().contains("prefill matmul: portable"));
+        return;
+    }
+    assert!(v.coop_matmul(), "{}", v.device_info());
+    let (rows, cols) = (200, 384);
+    let tiles = [
+        None,
+        Some("128x64"),
+        Some("128x128s8"),
+        Some("64x64"),
+        Some("128x128"),
+    ];
+    for tile in tiles {
+        v.set_coop_tile(tile).unwrap();
+        for q in QType::ALL {
+            let w = weight(q, rows, cols, q as u64 + 7);
+            let (cw, vw) = (c.load_weight(&w).unwrap(), v.load_weight(&w).unwrap());
+            for n in [2, 37, 130] {
+                let mut x = rand_vec(n * cols, 700 + n as u64);
+                x[..cols].iter_mut().for_each(|a| *a = 0.0);
+                x[cols..2 * cols].iter_mut().for_each(|a| *a *= 3.0e5);
+                let (cx, vx) = bufs(&c, &v, &x);
+                let (mut co, mut vo) = (c.alloc(n * rows), v.alloc(n * rows));
+                c.matmul(&cw, &cx, n, &mut co);
+                v.matmul(&vw, &vx, n, &mut vo);
+                let got = v.download(&vo, n * rows);
+                let what = format!("coop matmul {} n={n} tile {tile:?}", q.name());
+                assert!(got[..rows].iter().all(|&a| a == 0.0), "{what}: zero token");
+                check(&what, &got, &co, NMSE_F16);
+                // The large token alone (its error would hide in the others' otherwise).
+                let (a, b) = (rows, 2 * rows);
+                check(&format!("{what} large"), &got[a..b], &co[a..b], NMSE_F16);
+            }
+        }
+    }
+    v.set_coop_tile(None).unwrap();
+    // Long rows on a small grid split k (4 splits of 33 steps here: an odd step count per split)
+    // and sum the partials in a second dispatch.
+    let cols_k = 4224;
+    for q in [QType::I4Grouped, QType::I2Structured, QType::I8Asym] {
+        let w = weight(q, rows, cols_k, q as u64 + 17);
+        let (cw, vw) = (c.load_weight(&w).unwrap(), v.load_weight(&w).unwrap());
+        for n in [37, 130] {
+            let x = rand_vec(n * cols_k, 900 + n as u64);
+            let (cx, vx) = bufs(&c, &v, &x);
+            let (mut co, mut vo) = (c.alloc(n * rows), v.alloc(n * rows));
+            c.matmul(&cw, &cx, n, &mut co);
+            let (_, d0, _) = v.counters();
+            v.matmul(&vw, &vx, n, &mut vo);
+            let (_, d1, _) = v.counters();
+            assert_eq!(d1 - d0, 3, "f16 input, split matmul, sum of the splits");
+            let what = format!("split-k coop matmul {} n={n}", q.name());
+            check(&what, &v.download(&vo, n * rows), &co, NMSE_F16);
+        }
+    }
+    let q = QType::I2Structured;
+    let mk = |s: u64| {
+        let mut w = weight(q, rows, cols, s);
+        w.transform = Transform::BlockHadamard {
+            block: 128,
+            seed: 5,
+        };
+        w
+    };
+    let (wg, wu) = (mk(61), mk(62));
+    let (cg, vg) = (c.load_weight(&wg).unwrap(), v.load_weight(&wg).unwrap());
+    let (cu, vu) = (c.load_weight(&wu).unwrap(), v.load_weight(&wu).unwrap());
+    let n = 37;
+    let x = rand_vec(n * cols, 77);
+    let (cx, vx) = bufs(&c, &v, &x);
+    let (mut co, mut vo) = (c.alloc(n * rows), v.alloc(n * rows));
+    let (mut co2, mut vo2) = (c.alloc(n * rows), v.alloc(n * rows));
+    let (_, d0, _) = v.counters();
+    c.matmul(&cg, &cx, n, &mut co);
+    v.matmul(&vg, &vx, n, &mut vo);
+    c.matmul(&cu, &cx, n, &mut co2);
+    v.matmul(&vu, &vx, n, &mut vo2);
+    let (_, d1, _) = v.counters();
+    assert_eq!(d1 - d0, 4, "rotation + f16 input once, then gate and up");
+    check(
+        "coop rotated gate",
+        &v.download(&vo, n * rows),
+        &co,
+        NMSE_F16,
+    );
+    check(
+        "coop rotated up",
+        &v.download(&vo2, n * rows),
+        &co2,
+        NMSE_F16,
+    );
 }
 
 /// Tensors stored as W·H (Transform::BlockHadamard): the GPU rotates the input (hadamard_f32)
@@ -533,6 +643,9 @@ fn is_int(q: QType) -> bool {
 fn fused_qkv_and_gate_up_int8_activations() {
     let v = vk_default();
     assert!(v.int8_activations(), "lavapipe has shaderIntegerDotProduct");
+    // The prefill cases compare with NMSE_F32: the portable matmul (matmul_coop_prefill
+    // checks the tensor-core one).
+    v.set_coop_matmul(false);
     fused_cases(&v, true);
 }
 
@@ -1021,4 +1134,92 @@ fn norm_rotation_by_subgroup_shuffles() {
             );
         }
     }
+}
+
+/// Prefill matmul speed on Gemma 3 27B shapes (27B `optimal` formats), per kernel and tile:
+/// GPU time per call from the profiler and TFLOP/s. For a GPU (`--ignored --nocapture`); weight
+/// rows are 256 quantized random rows repeated, which costs the kernels the same as distinct
+/// rows.
+#[test]
+#[ignore]
+fn matmul_prefill_speed_27b_shapes() {
+    let v = vk_default();
+    println!("{}", v.device_info());
+    let shapes = [
+        ("q", QType::I4Grouped, 4096, 5376),
+        ("k", QType::I4Grouped, 2048, 5376),
+        ("o", QType::I4PerChannel, 5376, 4096),
+        ("gate", QType::I2Structured, 21504, 5376),
+        ("down", QType::I4Grouped, 5376, 21504),
+    ];
+    let coop = v.device_info().coop_prefill;
+    let mut kernels: Vec<(&str, bool, Option<&str>)> = Vec::new();
+    if coop {
+        kernels.extend([
+            ("coop auto", true, None),
+            ("coop 128x64", true, Some("128x64")),
+            ("coop 128x128s8", true, Some("128x128s8")),
+            ("coop 64x64", true, Some("64x64")),
+            ("coop 128x128", true, Some("128x128")),
+        ]);
+    }
+    // Last per shape: on the H100 the first coop timings after a long portable run read
+    // several times slower (cause not found; bench --profile does not show it), and they still
+    // do for the next shape's first kernels.
+    kernels.push(("portable", false, None));
+    for (name, q, rows, cols) in shapes {
+        let base = weight(q, 256, cols, 3);
+        let rb = q.row_bytes(cols).unwrap();
+        let mut bytes = Vec::with_capacity(rows * rb);
+        for r in 0..rows {
+            bytes.extend_from_slice(&base.bytes[(r % 256) * rb..(r % 256 + 1) * rb]);
+        }
+        let mut w = WeightSource::from_f32(name, rows, cols, &[]);
+        w.qtype = q;
+        w.bytes = mixq_format::SharedBytes::from_vec(bytes);
+        let vw = v.load_weight(&w).unwrap();
+        for n in [128usize, 512] {
+            let x = rand_vec(n * cols, 9);
+            let mut vx = v.alloc(n * cols);
+            v.upload(&x, &mut vx);
+            let mut vo = v.alloc(n * rows);
+            for &(kname, on, tile) in &kernels {
+                if !on && n > 128 {
+                    continue;
+                }
+                v.set_coop_matmul(on);
+                v.set_coop_tile(tile).unwrap();
+                // Warm-up long enough for the GPU to leave its idle clocks.
+                let reps = if on { 20 } else { 3 };
+                for _ in 0..reps {
+                    v.matmul(&vw, &vx, n, &mut vo);
+                }
+                v.download(&vo, 1);
+                v.set_profiling(true);
+                v.reset_op_times();
+                for _ in 0..reps {
+                    v.matmul(&vw, &vx, n, &mut vo);
+                }
+                let stats = v.op_stats();
+                v.set_profiling(false);
+                let mm: f64 = stats
+                    .iter()
+                    .filter(|s| s.0.starts_with("matmul"))
+                    .map(|s| s.1)
+                    .sum::<f64>()
+                    / reps as f64;
+                let all: f64 = stats.iter().map(|s| s.1).sum::<f64>() / reps as f64;
+                let flops = 2.0 * (rows * cols * n) as f64;
+                println!(
+                    "{name:>5} {:<13} {rows:>5}x{cols:<5} n={n:<4} {kname:<13} matmul {:8.1} us {:6.1} TFLOP/s, with input prep {:8.1} us",
+                    q.name(),
+                    mm * 1e6,
+                    flops / mm / 1e12,
+                    all * 1e6
+                );
+            }
+        }
+    }
+    v.set_coop_matmul(true);
+    v.set_coop_tile(None).unwrap();
 }

@@ -42,6 +42,11 @@ pub struct ModelArgs {
     /// ones (activations quantized to int8 per group for integer dot products, f16 KV cache).
     #[arg(long)]
     pub cpu_exact: bool,
+    /// Vulkan: run prefill matmuls on the portable f32 tile kernel even where the tensor-core
+    /// (cooperative-matrix) one is available (`mixq-run devices` says which a GPU gets), e.g.
+    /// to compare speed or results.
+    #[arg(long)]
+    pub vk_portable_prefill: bool,
 }
 
 impl ModelArgs {
@@ -55,6 +60,13 @@ impl ModelArgs {
             (None, None) => bail!("no model given: mixq-run <COMMAND> MODEL (a .mixq file or an HF checkpoint directory)"),
         };
         Ok(())
+    }
+
+    /// The Vulkan backend on device `index`, with the Vulkan flags applied.
+    pub fn vulkan_backend(&self, index: Option<usize>) -> Result<VulkanBackend> {
+        let be = VulkanBackend::new(index)?;
+        be.set_coop_matmul(!self.vk_portable_prefill);
+        Ok(be)
     }
 
     pub fn cpu_backend(&self) -> Result<CpuBackend> {
@@ -128,7 +140,7 @@ pub fn with_model<T: ModelTask>(args: &ModelArgs, task: T) -> Result<()> {
             })
         }
         Device::Vulkan(index) => {
-            let model = Gemma3::load(store.as_ref(), VulkanBackend::new(index)?)
+            let model = Gemma3::load(store.as_ref(), args.vulkan_backend(index)?)
                 .with_context(|| format!("loading {}", store.describe()))?;
             task.run(Loaded {
                 model,
@@ -149,7 +161,7 @@ pub fn with_model<T: ModelTask>(args: &ModelArgs, task: T) -> Result<()> {
             })
         }
         Device::NpuVulkan(index) => {
-            let be = HybridBackend::new(VulkanBackend::new(index)?, "vulkan", store.config())?;
+            let be = HybridBackend::new(args.vulkan_backend(index)?, "vulkan", store.config())?;
             let model = Gemma3::load(store.as_ref(), be)
                 .with_context(|| format!("loading {}", store.describe()))?;
             task.run(Loaded {

@@ -24,7 +24,15 @@ pub struct DeviceInfo {
     pub shader_float16: bool,
     pub shader_int8: bool,
     pub storage_buffer_8bit: bool,
+    /// VK_KHR_cooperative_matrix is listed (no kernel uses it: Debian's glslc cannot compile
+    /// GL_KHR_cooperative_matrix; shaders/README.md, "Prefill").
     pub cooperative_matrix: bool,
+    /// VK_NV_cooperative_matrix is listed.
+    pub cooperative_matrix_nv: bool,
+    /// The tensor-core prefill matmul (matmul_coop.comp) can run: VK_NV_cooperative_matrix with
+    /// its feature, a 16x16x16 f16 x f16 -> f32 subgroup shape for compute shaders,
+    /// `shaderFloat16` and 32-wide subgroups.
+    pub coop_prefill: bool,
     pub external_memory_host: bool,
     pub max_storage_buffer_range: u64,
 }
@@ -49,14 +57,20 @@ impl std::fmt::Display for DeviceInfo {
         let yes = |b: bool| if b { "yes" } else { "no" };
         write!(
             f,
-            "], subgroup {}, float16 {}, int8 {}, 8-bit storage {}, cooperative matrix {}, \
-             external_memory_host {}",
+            "], subgroup {}, float16 {}, int8 {}, 8-bit storage {}, cooperative matrix KHR {} \
+             NV {}, external_memory_host {}, prefill matmul {}",
             self.subgroup_size,
             yes(self.shader_float16),
             yes(self.shader_int8),
             yes(self.storage_buffer_8bit),
             yes(self.cooperative_matrix),
-            yes(self.external_memory_host)
+            yes(self.cooperative_matrix_nv),
+            yes(self.external_memory_host),
+            if self.coop_prefill {
+                "tensor cores (NV cooperative matrix, f16 16x16x16)"
+            } else {
+                "portable f32 tiles"
+            }
         )
     }
 }
@@ -117,6 +131,11 @@ impl Instance {
             let exts = device_extensions(inst, pd);
             let has = |name: &CStr| exts.iter().any(|e| e.as_c_str() == name);
             let v = props.api_version;
+            let nv_coop = has(ash::nv::cooperative_matrix::NAME);
+            let coop_prefill = nv_coop
+                && f12.shader_float16 == vk::TRUE
+                && subgroup.subgroup_size == 32
+                && self.nv_coop_f16_16x16x16(pd);
             DeviceInfo {
                 index,
                 name: cstr(&props.device_name),
@@ -143,9 +162,55 @@ impl Instance {
                 shader_int8: f12.shader_int8 == vk::TRUE,
                 storage_buffer_8bit: f12.storage_buffer8_bit_access == vk::TRUE,
                 cooperative_matrix: has(c"VK_KHR_cooperative_matrix"),
+                cooperative_matrix_nv: nv_coop,
+                coop_prefill,
                 external_memory_host: has(ash::ext::external_memory_host::NAME),
                 max_storage_buffer_range: props.limits.max_storage_buffer_range as u64,
             }
+        }
+    }
+}
+
+impl Instance {
+    /// Whether `pd` (which lists VK_NV_cooperative_matrix) has the feature on for compute
+    /// shaders and the shape matmul_coop.comp uses: 16x16x16, f16 A and B, f32 C and D,
+    /// subgroup scope.
+    fn nv_coop_f16_16x16x16(&self, pd: vk::PhysicalDevice) -> bool {
+        let inst = &self.instance;
+        // SAFETY: `pd` belongs to this instance, which lists the extension for it; the chained
+        // structs and the output vector live on this stack frame, sized by the first call.
+        unsafe {
+            let mut feat = vk::PhysicalDeviceCooperativeMatrixFeaturesNV::default();
+            let mut f2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut feat);
+            inst.get_physical_device_features2(pd, &mut f2);
+            let mut props = vk::PhysicalDeviceCooperativeMatrixPropertiesNV::default();
+            let mut p2 = vk::PhysicalDeviceProperties2::default().push_next(&mut props);
+            inst.get_physical_device_properties2(pd, &mut p2);
+            if feat.cooperative_matrix != vk::TRUE
+                || !props
+                    .cooperative_matrix_supported_stages
+                    .contains(vk::ShaderStageFlags::COMPUTE)
+            {
+                return false;
+            }
+            let nv = ash::nv::cooperative_matrix::Instance::new(&self.entry, inst);
+            let get = nv.fp().get_physical_device_cooperative_matrix_properties_nv;
+            let mut count = 0u32;
+            if get(pd, &mut count, std::ptr::null_mut()) != vk::Result::SUCCESS {
+                return false;
+            }
+            let mut shapes = vec![vk::CooperativeMatrixPropertiesNV::default(); count as usize];
+            if get(pd, &mut count, shapes.as_mut_ptr()) != vk::Result::SUCCESS {
+                return false;
+            }
+            shapes.iter().take(count as usize).any(|s| {
+                (s.m_size, s.n_size, s.k_size) == (16, 16, 16)
+                    && s.a_type == vk::ComponentTypeNV::FLOAT16
+                    && s.b_type == vk::ComponentTypeNV::FLOAT16
+                    && s.c_type == vk::ComponentTypeNV::FLOAT32
+                    && s.d_type == vk::ComponentTypeNV::FLOAT32
+                    && s.scope == vk::ScopeNV::SUBGROUP
+            })
         }
     }
 }
@@ -210,6 +275,9 @@ pub struct Device {
     /// `shaderIntegerDotProduct` (Vulkan 1.3 / VK_KHR_shader_integer_dot_product) is enabled:
     /// the int8-activation decode kernels (`matvec*_{w}_q8`, shaders/README.md) may run.
     pub int_dot: bool,
+    /// VK_NV_cooperative_matrix and `shaderFloat16` are enabled ([`DeviceInfo::coop_prefill`]):
+    /// prefill matmuls may run matmul_coop.comp.
+    pub coop: bool,
 }
 
 impl Device {
@@ -291,12 +359,25 @@ impl Device {
             }
             let mut dot_feat = vk::PhysicalDeviceShaderIntegerDotProductFeatures::default()
                 .shader_integer_dot_product(true);
+            // Tensor-core prefill (matmul_coop.comp): the NV extension (Debian's glslc has no
+            // GL_KHR_cooperative_matrix) and f16 arithmetic in shaders.
+            let coop = info.coop_prefill;
+            if coop {
+                exts.push(ash::nv::cooperative_matrix::NAME.as_ptr());
+            }
+            let mut coop_feat =
+                vk::PhysicalDeviceCooperativeMatrixFeaturesNV::default().cooperative_matrix(true);
+            let mut f16_feat =
+                vk::PhysicalDeviceShaderFloat16Int8Features::default().shader_float16(true);
             let mut create = vk::DeviceCreateInfo::default()
                 .queue_create_infos(&qinfo)
                 .enabled_extension_names(&exts)
                 .enabled_features(&features);
             if int_dot {
                 create = create.push_next(&mut dot_feat);
+            }
+            if coop {
+                create = create.push_next(&mut coop_feat).push_next(&mut f16_feat);
             }
             let device = ii
                 .create_device(pd, &create, None)
@@ -315,6 +396,7 @@ impl Device {
                 timestamp_bits,
                 buffer_array_indexing,
                 int_dot,
+                coop,
                 host_import: info.external_memory_host,
                 min_import_alignment: host_props.min_imported_host_pointer_alignment.max(1),
                 info,

@@ -42,6 +42,12 @@ pub(crate) struct Shared {
     /// Decode matvecs of integer formats run on int8 activations (`*_{w}_q8`); on by default
     /// where the device has integer dot products ([`VulkanBackend::set_int8_activations`]).
     q8: std::sync::atomic::AtomicBool,
+    /// Prefill matmuls run on the tensor cores (matmul_coop.comp) where the device has them;
+    /// on by default ([`VulkanBackend::set_coop_matmul`]).
+    coop: std::sync::atomic::AtomicBool,
+    /// matmul_coop's tile: 0 picks by shape ([`coop_tile`]), i > 0 is `COOP_TILES[i - 1]`
+    /// (`MIXQ_VK_COOP_TILE` = "128x64", ..., or [`VulkanBackend::set_coop_tile`]).
+    coop_tile: std::sync::atomic::AtomicUsize,
     /// Defer a layer's last add_rms_norm to fuse it with the next pre-norm (on unless
     /// `MIXQ_VK_DEFER_NORM=0`; [`VulkanBackend::try_add_rms_norm`]).
     defer_norms: bool,
@@ -176,6 +182,17 @@ fn variant_act(op: &str, q: QType, act: &str) -> &'static str {
         .unwrap_or_else(|| panic!("shader {name} missing from build.rs's table"))
 }
 
+/// Shader name of matmul_coop for weight format `q` and tile `tile` (build.rs `COOP_TILES`).
+fn coop_variant(q: QType, tile: &str) -> &'static str {
+    let base = variant("matmul", q);
+    let name = format!("matmul_coop{}_{tile}", &base["matmul".len()..]);
+    pipelines::SHADERS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(n, _)| *n)
+        .unwrap_or_else(|| panic!("shader {name} missing from build.rs's table"))
+}
+
 /// How a weight's rows lie on the device: each stored row (formats/SPEC.md,
 /// `[params][codes]`) with its params padded to 16 bytes and the row padded to 16 bytes, so
 /// every row and every code array starts 16-byte aligned and matvec.comp reads codes as `uvec4`.
@@ -219,6 +236,46 @@ impl DeviceRows {
 /// Zeroed counters, one per head, for attention_f32's merge by the last split to finish
 /// ([`VulkanBackend::zeroed_counters`]).
 const COUNTERS: usize = 1024;
+
+/// matmul_coop's tile shapes (runtime/build.rs `COOP_TILES`): (name, weight rows, tokens, k
+/// per step).
+const COOP_TILES: [(&str, usize, usize, usize); 4] = [
+    ("128x64", 128, 64, 32),
+    ("128x128s8", 128, 128, 32),
+    ("64x64", 64, 64, 32),
+    ("128x128", 128, 128, 32),
+];
+
+/// Workgroups a matmul_coop dispatch should have to fill the GPU: two per SM of an H100 (132
+/// SMs). Smaller grids split k ([`coop_splits`]).
+const COOP_MIN_GROUPS: usize = 264;
+
+/// k splits of a matmul_coop with `groups` output tiles and `steps` k steps: doubled while the
+/// grid is under [`COOP_MIN_GROUPS`] and each split keeps >= 32 steps, at most 8 (the partial
+/// sums cost splits x n x rows x 8 bytes of traffic and one more dispatch).
+fn coop_splits(groups: usize, steps: usize) -> usize {
+    let mut splits = 1;
+    while splits < 8 && groups * splits < COOP_MIN_GROUPS && steps / (2 * splits) >= 32 {
+        splits *= 2;
+    }
+    splits
+}
+
+/// The matmul_coop tile for `n` tokens (index into [`COOP_TILES`]); `forced` > 0 overrides.
+/// Measured end to end on the H100 (27B, shaders/README.md "Prefill"): 128 rows x 64 tokens
+/// (8 subgroups of 32 x 32) up to 128 tokens, where 128-token tiles leave the grid too small
+/// even with split k; 128 x 128 (8 subgroups of 32 x 64: each weight tile decoded once per 128
+/// tokens) above.
+fn coop_tile(n: usize, forced: usize) -> usize {
+    if forced > 0 {
+        return forced - 1;
+    }
+    if n <= 128 {
+        0
+    } else {
+        1
+    }
+}
 
 /// Split-K of attention_f32 for `rows` (token, head) pairs whose longest key range is `span`:
 /// (keys per split, splits). Aims at ~1024 workgroups (an H100 has 132 SMs; a workgroup's
@@ -423,6 +480,15 @@ impl VulkanBackend {
                 rec: Mutex::new(rec),
                 max_binding,
                 q8: std::sync::atomic::AtomicBool::new(true),
+                coop: std::sync::atomic::AtomicBool::new(true),
+                coop_tile: std::sync::atomic::AtomicUsize::new(
+                    std::env::var("MIXQ_VK_COOP_TILE").map_or(0, |v| {
+                        COOP_TILES
+                            .iter()
+                            .position(|t| t.0 == v)
+                            .map_or(0, |i| i + 1)
+                    }),
+                ),
                 defer_norms: std::env::var("MIXQ_VK_DEFER_NORM").map_or(true, |v| v != "0"),
                 fuse_attention: std::env::var("MIXQ_VK_FUSE_ATTN").map_or(true, |v| v != "0"),
                 instance,
@@ -440,6 +506,40 @@ impl VulkanBackend {
         self.shared
             .q8
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Prefill (n > 1) matmuls on the tensor cores (matmul_coop.comp: f16 products, f32 sums;
+    /// shaders/README.md, "Prefill") where the device has VK_NV_cooperative_matrix; off gives
+    /// the portable f32 tile kernel (matmul.comp, equal to the CPU's exact mode up to summation
+    /// order). On by default; `mixq-run --vk-portable-prefill` turns it off.
+    pub fn set_coop_matmul(&self, on: bool) {
+        self.shared
+            .coop
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether prefill matmuls run on the tensor cores now.
+    pub fn coop_matmul(&self) -> bool {
+        self.dev().coop && self.shared.coop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Fixes matmul_coop's tile (a name of [`COOP_TILES`], e.g. "128x64"; None: by shape), for
+    /// measurements. Errors on an unknown name.
+    pub fn set_coop_tile(&self, tile: Option<&str>) -> Result<()> {
+        let i = match tile {
+            None => 0,
+            Some(t) => match COOP_TILES.iter().position(|c| c.0 == t) {
+                Some(i) => i + 1,
+                None => bail!(
+                    "unknown matmul_coop tile `{t}`: one of {:?}",
+                    COOP_TILES.map(|c| c.0)
+                ),
+            },
+        };
+        self.shared
+            .coop_tile
+            .store(i, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Whether decode matvecs of integer formats run on int8 activations now.
@@ -911,6 +1011,9 @@ impl VulkanBackend {
             "matmul shapes"
         );
         let mut rec = self.rec();
+        if n > 1 && self.coop_matmul() && w.cols % 32 == 0 {
+            return self.record_matmul_coop(&mut rec, w, x, n, out);
+        }
         let q8 = n == 1 && self.use_q8(w.qtype, w.cols);
         let rotated = match &w.rotation {
             Some(rot) if !q8 => Some(self.rotate(&mut rec, rot, x, n, w.cols)?),
@@ -975,6 +1078,106 @@ impl VulkanBackend {
         if q8 {
             rec.quantized.as_mut().unwrap().valid_at = rec.commands;
         }
+        Ok(())
+    }
+
+    /// Prefill on the tensor cores: x (rotated first if the weight is stored as W·H) to f16 with
+    /// a power-of-two scale per token (quantize_x16_f32, shared by the matmuls of one input
+    /// through `Recorder::half_input`), then matmul_coop per binding chunk.
+    fn record_matmul_coop(
+        &self,
+        rec: &mut Recorder,
+        w: &VkWeight,
+        x: &VkBuf,
+        n: usize,
+        out: &VkBuf,
+    ) -> Result<()> {
+        let rot = w.rotation.as_ref().map_or((0, 0), |r| (r.block, r.seed));
+        let key = (x.buffer(), n, w.cols, rot.0, rot.1);
+        // f16 values from this word on: 16-byte aligned rows (cols % 32 == 0).
+        let h_at = n.next_multiple_of(4);
+        let cached = rec
+            .half_input
+            .as_ref()
+            .is_some_and(|c| c.key == key && c.valid_at == rec.commands);
+        if !cached {
+            let src = match &w.rotation {
+                Some(r) => self.rotate(rec, r, x, n, w.cols)?,
+                None => x.buffer(),
+            };
+            let xh = self.try_alloc(h_at + n * w.cols / 2)?;
+            rec.dispatch(
+                self.dev(),
+                "quantize_x16_f32",
+                &[src, xh.buffer()],
+                &[u(w.cols), u(h_at)],
+                grid(u(n)),
+            )?;
+            rec.half_input = Some(ops::RotatedInput {
+                key,
+                valid_at: rec.commands,
+                buf: xh,
+            });
+        }
+        let xb = rec.half_input.as_ref().unwrap().buf.buffer();
+        let forced = self
+            .shared
+            .coop_tile
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let single = w.chunks.len() == 1;
+        for (i, c) in w.chunks.iter().enumerate() {
+            if i > 0 {
+                // Chunks write disjoint output rows: no barrier between them.
+                rec.concurrent();
+            }
+            let (tile, bm, bn, bk) = COOP_TILES[coop_tile(n, forced)];
+            let groups = (c.rows.div_ceil(bm), n.div_ceil(bn));
+            // Split k only for a single chunk (the partials' buffer is per dispatch).
+            let splits = if single {
+                coop_splits(groups.0 * groups.1, w.cols / bk)
+            } else {
+                1
+            };
+            let kchunk = (w.cols / bk).div_ceil(splits) * bk;
+            let splits = w.cols.div_ceil(kchunk);
+            let part = if splits > 1 {
+                Some(self.try_alloc(splits * n * c.rows)?)
+            } else {
+                None
+            };
+            let dst = part.as_ref().map_or(out.buffer(), |b| b.buffer());
+            rec.dispatch(
+                self.dev(),
+                coop_variant(w.qtype, tile),
+                &[c.buffer, xb, dst],
+                &[
+                    u(c.rows),
+                    u(w.cols),
+                    u(w.stride),
+                    u(c.row0),
+                    u(w.rows),
+                    u(n),
+                    u(w.codes_at),
+                    u(h_at),
+                    u(kchunk),
+                ],
+                (u(groups.0), u(groups.1), u(splits)),
+            )?;
+            if let Some(part) = part {
+                rec.dispatch(
+                    self.dev(),
+                    "sum_splits_f32",
+                    &[part.buffer(), out.buffer()],
+                    &[u(c.rows), u(n), u(splits), u(c.row0), u(w.rows)],
+                    grid(u((n * c.rows).div_ceil(256))),
+                )?;
+                // Held until the next split matmul is recorded: a matmul recorded concurrently
+                // after this one (up after gate) must not receive this buffer from the pool
+                // while the sum still reads it.
+                rec.split_partials = Some(part);
+            }
+        }
+        rec.half_input.as_mut().unwrap().valid_at = rec.commands;
         Ok(())
     }
 
@@ -1731,8 +1934,16 @@ impl Backend for VulkanBackend {
         } else {
             "no VK_EXT_external_memory_host"
         };
+        let prefill = if self.coop_matmul() {
+            "tensor cores (VK_NV_cooperative_matrix, f16 x f16 -> f32)"
+        } else if info.coop_prefill {
+            "portable f32 tiles (tensor cores available, turned off)"
+        } else {
+            "portable f32 tiles"
+        };
         format!(
-            "vulkan:{} {} ({}, {}): weights {} ({:.1} MiB), {import}; bindings split at {} MiB",
+            "vulkan:{} {} ({}, {}): weights {} ({:.1} MiB), {import}; bindings split at {} MiB; \
+             prefill matmul: {prefill}",
             info.index,
             info.name,
             info.device_type,

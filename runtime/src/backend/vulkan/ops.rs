@@ -74,6 +74,11 @@ pub struct Recorder {
     /// Hadamard rotation applied first (block 0: none): written by quantize_x_f32 or by the
     /// norm that produced the source (rownorm.glsl); the matvecs of one input share it.
     pub quantized: Option<RotatedInput>,
+    /// The last f16 prefill input of matmul_coop (quantize_x16_f32), key (source, n, cols,
+    /// block, seed) like `quantized`: q/k/v and gate/up share one.
+    pub half_input: Option<RotatedInput>,
+    /// The partial sums of the last split-k matmul_coop (vulkan/mod.rs `record_matmul_coop`).
+    pub split_partials: Option<super::VkBuf>,
     /// Hadamard signs by (cols, seed), for the weights' rotations and the norms that rotate
     /// their int8 output. Live as long as the recorder.
     pub signs: HashMap<(usize, u64), RawBuf>,
@@ -225,6 +230,8 @@ impl Recorder {
                 rope_tables: HashMap::new(),
                 rotated: None,
                 quantized: None,
+                half_input: None,
+                split_partials: None,
                 signs: HashMap::new(),
                 qkv_hint: None,
                 ffn_hint: None,
@@ -531,6 +538,8 @@ impl Recorder {
         self.rope_tables.clear();
         self.rotated = None;
         self.quantized = None;
+        self.half_input = None;
+        self.split_partials = None;
         Ok(())
     }
 
@@ -664,6 +673,8 @@ impl Recorder {
         self.rope_tables.clear();
         self.rotated = None;
         self.quantized = None;
+        self.half_input = None;
+        self.split_partials = None;
         self.pipelines.destroy(dev);
         for (_, b) in self.signs.drain() {
             b.destroy(dev);
