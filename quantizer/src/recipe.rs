@@ -98,7 +98,9 @@ impl Method {
 /// for 8 bits (GPTQ's gain is within noise there and it costs a Cholesky per layer).
 pub fn default_method(q: QType) -> Method {
     match q {
-        QType::I4Grouped | QType::I4PerChannel | QType::I2Structured => Method::Gptq,
+        QType::I4Grouped | QType::I4PerChannel | QType::I2Structured | QType::I4Grouped32 => {
+            Method::Gptq
+        }
         _ => Method::Search,
     }
 }

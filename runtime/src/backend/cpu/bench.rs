@@ -110,6 +110,7 @@ fn bench_matvec() {
         QType::I8Sym,
         QType::I8Asym,
         QType::I4Grouped,
+        QType::I4Grouped32,
         QType::I4PerChannel,
         QType::I2Structured,
     ];
@@ -173,6 +174,7 @@ fn bench_matmul_prefill() {
         QType::BF16,
         QType::I8Asym,
         QType::I4Grouped,
+        QType::I4Grouped32,
         QType::I4PerChannel,
         QType::I2Structured,
     ] {
@@ -480,6 +482,7 @@ fn bench_int_kernels_hot() {
     for q in [
         QType::I8Asym,
         QType::I4Grouped,
+        QType::I4Grouped32,
         QType::I4PerChannel,
         QType::I2Structured,
     ] {
