@@ -577,10 +577,15 @@ fn npu_eval_blocker(plan: &Plan, profile: &str) -> Option<String> {
     }
     on_npu
         .iter()
-        .find(|s| !matches!(s.qtype, QType::I4Grouped | QType::I4PerChannel))
+        .find(|s| {
+            !matches!(
+                s.qtype,
+                QType::I4Grouped | QType::I4Grouped32 | QType::I4PerChannel
+            )
+        })
         .map(|s| {
             format!(
-                "`{}` is {} in an NPU bank, and the NPU engine model reads int4 attention weights only (I4_GROUPED, I4_PER_CHANNEL)",
+                "`{}` is {} in an NPU bank, and the NPU engine model reads int4 attention weights only (I4_GROUPED, I4_GROUPED32, I4_PER_CHANNEL)",
                 s.name,
                 s.qtype.name()
             )

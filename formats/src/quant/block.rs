@@ -42,14 +42,14 @@ impl BlockParams {
     }
 
     /// The parameters of a type stored as one f16 (scale, min) pair per block (I8_ASYM,
-    /// I4_GROUPED, I4_GROUPED32; any other `q` is a caller bug).
-    pub(crate) fn f16_affine(q: QType, scale: f16, min: f16) -> BlockParams {
-        match q {
+    /// I4_GROUPED, I4_GROUPED32); None for the other types.
+    pub fn f16_affine(q: QType, scale: f16, min: f16) -> Option<BlockParams> {
+        Some(match q {
             QType::I8Asym => BlockParams::I8Asym { scale, min },
             QType::I4Grouped => BlockParams::I4Grouped { scale, min },
             QType::I4Grouped32 => BlockParams::I4Grouped32 { scale, min },
-            _ => unreachable!("{} has no f16 (scale, min) pairs", q.name()),
-        }
+            _ => return None,
+        })
     }
 
     /// Effective (scale, offset) of element `i` of the block: w = offset + scale * q
@@ -222,7 +222,9 @@ fn fit_sym(x: &[f32], w: &dyn Fn(usize) -> f32) -> BlockParams {
 /// block's smallest weight (so it is not clipped), whichever scores better.
 fn best_f16_asym(q: QType, x: &[f32], w: &dyn Fn(usize) -> f32, s: f32, m: f32) -> BlockParams {
     let lo = x.iter().fold(f32::INFINITY, |a, &v| a.min(v));
-    let make = |scale: f16, min: f16| BlockParams::f16_affine(q, scale, min);
+    let make = |scale: f16, min: f16| {
+        BlockParams::f16_affine(q, scale, min).expect("block_params calls this for f16 pairs only")
+    };
     let cands = [
         make(f16::from_f32(s), f16::from_f32(m)),
         make(f16::from_f32(s), f16_floor(m.min(lo))),

@@ -63,6 +63,7 @@ fn read_params(q: QType, params: &[u8], b: usize) -> BlockParams {
         },
         QType::I8Asym | QType::I4Grouped | QType::I4Grouped32 => {
             BlockParams::f16_affine(q, f16_at(params, o), f16_at(params, o + 2))
+                .expect("an f16 (scale, min) type")
         }
         QType::I4PerChannel => BlockParams::I4PerChannel {
             scale: f32_at(params, o),
