@@ -257,7 +257,7 @@ impl QuantStore {
             return QType::I8Asym;
         }
         match self.recipe {
-            "int4" => QType::I4Grouped,
+            "int4" => QType::I4Grouped32,
             "int8" => QType::I8Asym,
             _ if lin("o_proj.weight") => QType::I4PerChannel,
             _ if lin("gate_proj.weight") || lin("up_proj.weight") => QType::I2Structured,

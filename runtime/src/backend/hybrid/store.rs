@@ -49,9 +49,10 @@ impl RtnStore {
     }
 }
 
-/// A `.mixq`-like model without a conversion: the `int4` recipe's types (every linear
-/// I4_GROUPED, the embedding = tied lm_head I8_ASYM, norms as stored) except o_proj, which
-/// is I4_PER_CHANNEL as in the `optimal` recipe; the attention projections in `npu.bank0`,
+/// A `.mixq`-like model without a conversion: the `int4` recipe's types as they were before
+/// I4_GROUPED32 (every linear I4_GROUPED, the embedding = tied lm_head I8_ASYM, norms as
+/// stored; the tests' measured figures are for these) except o_proj, which is
+/// I4_PER_CHANNEL as in the `optimal` recipe; the attention projections in `npu.bank0`,
 /// where `--profile phoenix` places them.
 pub fn phoenix_int4_rule(name: &str) -> Option<(QType, Option<&'static str>)> {
     if let Some(q) = attn_qtype(name) {
