@@ -371,7 +371,10 @@ fn golden_layouts() {
          00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
     );
     dequantize_row(QType::I4Grouped32, &row, &mut w).unwrap();
-    assert_eq!((w[0], w[31], w[32], w[33], w[63]), (-8.0, 7.0, 2.0, 2.5, 9.5));
+    assert_eq!(
+        (w[0], w[31], w[32], w[33], w[63]),
+        (-8.0, 7.0, 2.0, 2.5, 9.5)
+    );
 
     // I4_PER_CHANNEL, 64 columns: f32 scale 0.5, f32 min -4.0; codes 15 - k % 16
     let codes: Vec<u8> = (0..64).map(|k| 15 - (k % 16) as u8).collect();
