@@ -957,10 +957,9 @@ mod tests {
     #[test]
     fn the_npu_evaluation_needs_int4_attention_in_npu_banks() {
         let phoenix = DeviceProfile::phoenix();
-        assert_eq!(
-            npu_eval_blocker(&gemma_plan(QType::I4Grouped, &phoenix), "phoenix"),
-            None
-        );
+        for q in [QType::I4Grouped, QType::I4Grouped32] {
+            assert_eq!(npu_eval_blocker(&gemma_plan(q, &phoenix), "phoenix"), None);
+        }
         let e = npu_eval_blocker(&gemma_plan(QType::I8Asym, &phoenix), "phoenix").unwrap();
         assert!(e.contains("I8_ASYM") && e.contains("int4"), "{e}");
         let e =
