@@ -189,30 +189,38 @@ float granule_dot(uint rb, uint g, XG xg) {
 #endif
 #endif
 
-#elif defined(W_I4_GROUPED) || defined(W_I4_PER_CHANNEL)
+#elif defined(W_I4_GROUPED) || defined(W_I4_PER_CHANNEL) || defined(W_I4_GROUPED32)
 // 4-bit codes in chunks of 64 elements / 32 bytes: byte j holds element j (low nibble) and
-// j + 32 (high nibble). I4_GROUPED: f16 (scale, min) per group of 64; I4_PER_CHANNEL: one f32
-// scale and f32 min per row. w = min + scale * q.
+// j + 32 (high nibble). w = min + scale * q with: I4_GROUPED an f16 (scale, min) per group of
+// 64; I4_GROUPED32 one per group of 32, so the low nibbles of chunk c are group 2c and the high
+// nibbles group 2c + 1 (SPEC.md §6.9); I4_PER_CHANNEL one f32 scale and f32 min per row.
 const uint EPG = 32u;
-#if defined(W_I4_GROUPED)
-vec2 params_of(uint rb, uint chunk) { return unpackHalf2x16(WU((rb >> 2u) + chunk)); }
-#else
-vec2 params_of(uint rb, uint chunk) {
+#if defined(W_I4_PER_CHANNEL)
+vec2 params_of(uint rb, uint k) {
     return vec2(uintBitsToFloat(WU(rb >> 2u)), uintBitsToFloat(WU((rb >> 2u) + 1u)));
 }
+#else
+#if defined(W_I4_GROUPED32)
+const uint GROUP = 32u;
+#else
+const uint GROUP = 64u;
+#endif
+// (scale, min) of element k: one 32-bit word per group
+vec2 params_of(uint rb, uint k) { return unpackHalf2x16(WU((rb >> 2u) + k / GROUP)); }
 #endif
 float w_elem(uint rb, uint k) {
     uint b = byte_at(rb + p.codes_at + (k / 64u) * 32u + (k % 32u));
     uint q = ((k % 64u) < 32u) ? (b & 15u) : (b >> 4u);
-    vec2 sm = params_of(rb, k / 64u);
+    vec2 sm = params_of(rb, k);
     precise float w = sm.y + sm.x * float(q);
     return w;
 }
 #ifdef WEIGHTS_GRANULES
 // Granule g: bytes 16h..16h+15 of chunk g/2 (h = g%2): elements 64c+16h+(0..15) in the low
-// nibbles, the same +32 in the high nibbles.
+// nibbles, the same +32 in the high nibbles. k0: its first element.
+uint granule_k0(uint g) { return (g / 2u) * 64u + (g % 2u) * 16u; }
 void granule_x(uint g, out vec4 xv[8]) {
-    uint k4 = (g / 2u) * 16u + (g % 2u) * 4u; // in vec4 units
+    uint k4 = granule_k0(g) / 4u; // in vec4 units
     for (uint i = 0u; i < 4u; i++) {
         xv[i] = x4[k4 + i];
         xv[4u + i] = x4[k4 + 8u + i];
@@ -220,42 +228,54 @@ void granule_x(uint g, out vec4 xv[8]) {
 }
 float granule_dot(uint rb, uint g, vec4 xv[8]) {
     uvec4 c = WG(((rb + p.codes_at) >> 4u) + g);
-    vec2 sm = params_of(rb, g / 2u);
-    float s = 0.0;
-    vec4 xs = vec4(0.0);
+    uint k0 = granule_k0(g);
+    // low and high nibbles' (scale, min): the same pair unless I4_GROUPED32
+    vec2 ml = params_of(rb, k0), mh = params_of(rb, k0 + 32u);
+    float sl = 0.0, sh = 0.0;
+    vec4 xl = vec4(0.0), xh = vec4(0.0);
     for (uint i = 0u; i < 4u; i++) {
         uint v = c[i];
         vec4 lo = vec4(v & 15u, (v >> 8u) & 15u, (v >> 16u) & 15u, (v >> 24u) & 15u);
         vec4 hi = vec4((v >> 4u) & 15u, (v >> 12u) & 15u, (v >> 20u) & 15u, v >> 28u);
-        s += dot(lo, xv[i]) + dot(hi, xv[4u + i]);
-        xs += xv[i] + xv[4u + i];
+        sl += dot(lo, xv[i]);
+        sh += dot(hi, xv[4u + i]);
+        xl += xv[i];
+        xh += xv[4u + i];
     }
-    return sm.x * s + sm.y * (xs.x + xs.y + xs.z + xs.w);
+    return ml.x * sl + mh.x * sh + ml.y * (xl.x + xl.y + xl.z + xl.w)
+         + mh.y * (xh.x + xh.y + xh.z + xh.w);
 }
 #ifdef Q8X
 // lo: the low nibbles' 16 x values (group 2c of 32), hi: the high nibbles' (group 2c + 1);
-// s: the sum of all 32.
-struct XG { uvec4 lo; uvec4 hi; vec2 d; float s; };
+// s: the sums of the 16 of each.
+struct XG { uvec4 lo; uvec4 hi; vec2 d; vec2 s; };
 void granule_x(uint g, out XG xg) {
     uint c = g / 2u, h = g % 2u;
     xg.lo = xq4[4u * c + h];
     xg.hi = xq4[4u * c + 2u + h];
     xg.d = vec2(XD(2u * c), XD(2u * c + 1u) * 0.0625);
-    xg.s = XS(4u * c + h) + XS(4u * c + 2u + h);
+    xg.s = vec2(XS(4u * c + h), XS(4u * c + 2u + h));
 }
 // The high nibbles are taken in place (c & 0xf0f0f0f0 = 16 q, still an unsigned byte), not
 // shifted down: one integer op less per word on NVIDIA's half-rate integer pipe, which the
 // 4-bit kernels keep busy; xg.d.y carries the exact 1/16 (granule_x).
 float granule_dot(uint rb, uint g, XG xg) {
     uvec4 c = WG(((rb + p.codes_at) >> 4u) + g);
-    vec2 sm = params_of(rb, g / 2u);
     const uint m = 0x0f0f0f0fu, mh = 0xf0f0f0f0u;
     int il = SUDOT(xg.lo.x, c.x & m) + SUDOT(xg.lo.y, c.y & m)
            + SUDOT(xg.lo.z, c.z & m) + SUDOT(xg.lo.w, c.w & m);
     int ih = SUDOT(xg.hi.x, c.x & mh) + SUDOT(xg.hi.y, c.y & mh)
            + SUDOT(xg.hi.z, c.z & mh) + SUDOT(xg.hi.w, c.w & mh);
     // |ih| <= 16 * 240 * 127: exact through i2f.
-    return sm.x * (xg.d.x * i2f(il) + xg.d.y * i2f(ih)) + sm.y * xg.s;
+#if defined(W_I4_GROUPED32)
+    // one (scale, min) per nibble plane: words 2c and 2c + 1 of the row's parameters
+    uint k0 = granule_k0(g);
+    vec2 ml = params_of(rb, k0), mh2 = params_of(rb, k0 + 32u);
+    return ml.x * xg.d.x * i2f(il) + mh2.x * xg.d.y * i2f(ih) + ml.y * xg.s.x + mh2.y * xg.s.y;
+#else
+    vec2 sm = params_of(rb, granule_k0(g));
+    return sm.x * (xg.d.x * i2f(il) + xg.d.y * i2f(ih)) + sm.y * (xg.s.x + xg.s.y);
+#endif
 }
 #endif
 #endif

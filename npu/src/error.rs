@@ -6,7 +6,7 @@ pub type Result<T, E = NpuError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum NpuError {
     // === Shapes and types ===
-    #[error("{op}: weight type {qtype} is not supported by the W4ABF16 NPU kernels (only I4_GROUPED and I4_PER_CHANNEL)")]
+    #[error("{op}: weight type {qtype} is not supported by the W4ABF16 NPU kernels (only I4_GROUPED, I4_GROUPED32 and I4_PER_CHANNEL)")]
     UnsupportedQType {
         op: &'static str,
         qtype: &'static str,

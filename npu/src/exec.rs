@@ -9,11 +9,12 @@
 //!
 //! 1. **Activations**: x_k is rounded to bf16, round-to-nearest-even (RNE).
 //! 2. **Weight parameters** are used at their stored precision: each parameter block's scale
-//!    and min (f16 for I4_GROUPED, exact in fp32; f32 for I4_PER_CHANNEL; `formats/src/quant`).
+//!    and min (f16 for I4_GROUPED and I4_GROUPED32, exact in fp32; f32 for I4_PER_CHANNEL;
+//!    `formats/src/quant`).
 //! 3. **Dequantization**: w = bf16( fp32( fp32(s * q) + m ) ), rounding to nearest even at each
 //!    step (for an f16 scale the product is exact). A block has only 16 possible weights, so
-//!    the kernel builds this 16-entry table once per parameter block (64 weights, or a whole
-//!    I4_PER_CHANNEL row) in emulated fp32 (the AIE-ML has no fp32 multiplier; UG1603
+//!    the kernel builds this 16-entry table once per parameter block (64 weights, 32 for
+//!    I4_GROUPED32, or a whole I4_PER_CHANNEL row) in emulated fp32 (the AIE-ML has no fp32 multiplier; UG1603
 //!    "Floating-Point Operations") and then looks codes up: the fp32 work is 16 ops per block.
 //!    Design choice, measured: rounding the parameters to bf16 first (as AMD's own W4ABF16
 //!    models store bf16 scales) made an I4_PER_CHANNEL matvec 10x worse (nmse 5e-4 against
@@ -98,21 +99,24 @@ fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-fn check_w4(op: &'static str, qtype: QType) -> Result<()> {
-    match qtype {
-        QType::I4Grouped | QType::I4PerChannel => Ok(()),
-        q => Err(NpuError::UnsupportedQType {
-            op,
-            qtype: q.name(),
-        }),
+/// The weight types the W4ABF16 kernels read.
+pub const W4_QTYPES: [QType; 3] = [QType::I4Grouped, QType::I4Grouped32, QType::I4PerChannel];
+
+pub(crate) fn check_w4(op: &'static str, qtype: QType) -> Result<()> {
+    if W4_QTYPES.contains(&qtype) {
+        return Ok(());
     }
+    Err(NpuError::UnsupportedQType {
+        op,
+        qtype: qtype.name(),
+    })
 }
 
 /// The (scale, min) of parameter block `b` of a row's parameter region, as stored (step 2).
 #[inline]
 fn block_params_bf16(qtype: QType, params: &[u8], b: usize) -> (f32, f32) {
     let (s, m) = match qtype {
-        QType::I4Grouped => {
+        QType::I4Grouped | QType::I4Grouped32 => {
             let o = 4 * b;
             (
                 f16_to_f32(u16::from_le_bytes([params[o], params[o + 1]])),
@@ -138,6 +142,33 @@ fn block_lut(s: f32, m: f32) -> [f32; 16] {
     lut
 }
 
+/// One stored row's bf16 weights (step 3) into `w`; `pbytes` = the row's parameter bytes.
+/// Per 64-element chunk `c` (32 code bytes), the low nibbles' and the high nibbles' tables:
+/// block `c` for both (I4_GROUPED), blocks `2c` and `2c + 1` (I4_GROUPED32), the row's (I4_PER_CHANNEL).
+fn dequantize_bf16(qtype: QType, row: &[u8], pbytes: usize, w: &mut [f32]) {
+    let (params, codes) = row.split_at(pbytes);
+    let lut = |b: usize| {
+        let (s, m) = block_params_bf16(qtype, params, b);
+        block_lut(s, m)
+    };
+    for (c, (o, bytes)) in w
+        .chunks_exact_mut(64)
+        .zip(codes.chunks_exact(32))
+        .enumerate()
+    {
+        let (lo, hi) = match qtype {
+            QType::I4Grouped => (lut(c), None),
+            QType::I4Grouped32 => (lut(2 * c), Some(lut(2 * c + 1))),
+            _ => (lut(0), None),
+        };
+        let hi = hi.unwrap_or(lo);
+        for j in 0..32 {
+            o[j] = lo[(bytes[j] & 15) as usize];
+            o[j + 32] = hi[(bytes[j] >> 4) as usize];
+        }
+    }
+}
+
 impl FunctionalExecutor {
     pub fn new() -> FunctionalExecutor {
         FunctionalExecutor
@@ -155,26 +186,13 @@ impl FunctionalExecutor {
                 expected: rb,
             });
         }
-        let (params, codes) = row.split_at(qtype.row_param_bytes(cols));
         let mut out = vec![0f32; cols];
-        for (c, (o, bytes)) in out
-            .chunks_exact_mut(64)
-            .zip(codes.chunks_exact(32))
-            .enumerate()
-        {
-            let b = if qtype == QType::I4Grouped { c } else { 0 };
-            let (s, m) = block_params_bf16(qtype, params, b);
-            let lut = block_lut(s, m);
-            for j in 0..32 {
-                o[j] = lut[(bytes[j] & 15) as usize];
-                o[j + 32] = lut[(bytes[j] >> 4) as usize];
-            }
-        }
+        dequantize_bf16(qtype, row, qtype.row_param_bytes(cols), &mut out);
         Ok(out)
     }
 
     /// y = W x with W4ABF16 semantics (module docs). `weight` is the tensor's bytes as stored in
-    /// its `.mixq` section: `rows` rows of `qtype.row_bytes(cols)` bytes (I4_GROUPED or
+    /// its `.mixq` section: `rows` rows of `qtype.row_bytes(cols)` bytes (I4_GROUPED, I4_GROUPED32 or
     /// I4_PER_CHANNEL). `x` has `cols` elements (already rotated if the tensor was stored with a
     /// Hadamard transform). Returns `rows` fp32 outputs.
     pub fn matvec_w4abf16(
@@ -228,22 +246,7 @@ impl FunctionalExecutor {
         let xb: Vec<f32> = xs.iter().map(|&v| round_bf16(v)).collect();
         let pbytes = qtype.row_param_bytes(cols);
         // step 3: one row's bf16 weights
-        let dequantize = |row: &[u8], w: &mut [f32]| {
-            let (params, codes) = row.split_at(pbytes);
-            for (c, (o, bytes)) in w
-                .chunks_exact_mut(64)
-                .zip(codes.chunks_exact(32))
-                .enumerate()
-            {
-                let b = if qtype == QType::I4Grouped { c } else { 0 };
-                let (s, m) = block_params_bf16(qtype, params, b);
-                let lut = block_lut(s, m);
-                for j in 0..32 {
-                    o[j] = lut[(bytes[j] & 15) as usize];
-                    o[j + 32] = lut[(bytes[j] >> 4) as usize];
-                }
-            }
-        };
+        let dequantize = |row: &[u8], w: &mut [f32]| dequantize_bf16(qtype, row, pbytes, w);
         // steps 4-5: exact products, sequential fp32 adds in increasing k, one accumulator per
         // output. One chain of dependent adds is latency-bound on the host, so LANES chains
         // run side by side (over tokens in a GEMM, over rows in a GEMV): each lane is still

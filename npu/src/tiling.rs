@@ -492,12 +492,7 @@ fn plan_proj(
     qtype: QType,
     tokens: usize,
 ) -> Result<ProjTiling> {
-    if !matches!(qtype, QType::I4Grouped | QType::I4PerChannel) {
-        return Err(NpuError::UnsupportedQType {
-            op: "TilingPlan::for_layer",
-            qtype: qtype.name(),
-        });
-    }
+    crate::exec::check_w4("TilingPlan::for_layer", qtype)?;
     let (rows, cols) = dims.shape(p);
     let row_bytes = qtype.row_bytes(cols)?;
     let n = spec.cores() as usize;
@@ -506,11 +501,11 @@ fn plan_proj(
     let cap = spec.core_usable_bytes();
     let per_col = spec.compute_rows as u64;
     let mk = |rows_per_block: usize, k_tile: usize, tokens_per_tile: usize, mode: TileMode| {
-        // weight bytes of a [rows_per_block, k_tile] tile: codes + params
-        let wtile = match (mode, qtype) {
-            (TileMode::Gemv, _) => rows_per_block * row_bytes,
-            (_, QType::I4Grouped) => rows_per_block * (k_tile / 2 + k_tile / 64 * 4),
-            _ => rows_per_block * (k_tile / 2 + 8),
+        // weight bytes of a [rows_per_block, k_tile] tile: codes + params (a whole row's
+        // for I4_PER_CHANNEL)
+        let wtile = match mode {
+            TileMode::Gemv => rows_per_block * row_bytes,
+            TileMode::Gemm => rows_per_block * (k_tile / 2 + qtype.row_param_bytes(k_tile)),
         } as u64;
         let x = (tokens_per_tile * k_tile * 2) as u64;
         let (x_l1, x_mem) = match mode {

@@ -110,7 +110,7 @@ fn inspect_shows_sections_tensors_and_totals() {
     let text = render_inspection(&i);
     println!("{text}");
     for needle in [
-        "mixq format 1.0",
+        "mixq format 1.1",
         "npu.bank0",
         "(empty)",
         "I2_STRUCTURED",

@@ -261,7 +261,7 @@ fn matmul_coop_prefill() {
 fn matmul_hadamard_rotated_inputs() {
     let (c, v) = (cpu(), vk());
     let (rows, cols) = (70, 384);
-    for q in [QType::I2Structured, QType::I4Grouped] {
+    for q in [QType::I2Structured, QType::I4Grouped, QType::I4Grouped32] {
         for (block, seed) in [(128u32, 7u64), (64, 99)] {
             let mk = |s: u64| {
                 let mut w = weight(q, rows, cols, s);

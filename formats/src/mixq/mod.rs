@@ -28,8 +28,9 @@ pub use writer::{FileMeta, MixqWriter};
 pub const MAGIC: [u8; 8] = *b"MIXQ\0\r\n\x1a";
 /// Major format version this code reads and writes. Bumped only for structural changes.
 pub const VERSION: u32 = 1;
-/// Minor version of the index this code writes (additive, ignorable JSON fields).
-pub const MINOR_VERSION: u32 = 0;
+/// Minor version of the index this code writes (additive revisions: ignorable JSON fields,
+/// new quant type numbers). 1: quant type 8, I4_GROUPED32.
+pub const MINOR_VERSION: u32 = 1;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 64;
 /// Alignment of every section's file offset (and of the end of the header block).

@@ -24,6 +24,8 @@ pub enum BlockParams {
     /// Sub-group s (elements 16s..16s+15) has sc = scales[s] & 15, m = scales[s] >> 4;
     /// w = (d*sc)*q - (dmin*m), q in 0..=3.
     I2Structured { d: f16, dmin: f16, scales: [u8; 8] },
+    /// w = min + scale * q, q in 0..=15 (a group of 32).
+    I4Grouped32 { scale: f16, min: f16 },
 }
 
 impl BlockParams {
@@ -35,7 +37,19 @@ impl BlockParams {
             BlockParams::I4Grouped { .. } => QType::I4Grouped,
             BlockParams::I4PerChannel { .. } => QType::I4PerChannel,
             BlockParams::I2Structured { .. } => QType::I2Structured,
+            BlockParams::I4Grouped32 { .. } => QType::I4Grouped32,
         }
+    }
+
+    /// The parameters of a type stored as one f16 (scale, min) pair per block (I8_ASYM,
+    /// I4_GROUPED, I4_GROUPED32); None for the other types.
+    pub fn f16_affine(q: QType, scale: f16, min: f16) -> Option<BlockParams> {
+        Some(match q {
+            QType::I8Asym => BlockParams::I8Asym { scale, min },
+            QType::I4Grouped => BlockParams::I4Grouped { scale, min },
+            QType::I4Grouped32 => BlockParams::I4Grouped32 { scale, min },
+            _ => return None,
+        })
     }
 
     /// Effective (scale, offset) of element `i` of the block: w = offset + scale * q
@@ -44,9 +58,9 @@ impl BlockParams {
     pub fn affine(&self, i: usize) -> (f32, f32) {
         match *self {
             BlockParams::I8Sym { scale } => (scale.to_f32(), 0.0),
-            BlockParams::I8Asym { scale, min } | BlockParams::I4Grouped { scale, min } => {
-                (scale.to_f32(), min.to_f32())
-            }
+            BlockParams::I8Asym { scale, min }
+            | BlockParams::I4Grouped { scale, min }
+            | BlockParams::I4Grouped32 { scale, min } => (scale.to_f32(), min.to_f32()),
             BlockParams::I4PerChannel { scale, min } => (scale, min),
             BlockParams::I2Structured { d, dmin, scales } => {
                 let b = scales[i / 16];
@@ -87,7 +101,7 @@ impl BlockParams {
 pub(crate) fn code_max(q: QType) -> u8 {
     match q {
         QType::I8Asym => 255,
-        QType::I4Grouped | QType::I4PerChannel => 15,
+        QType::I4Grouped | QType::I4PerChannel | QType::I4Grouped32 => 15,
         QType::I2Structured => 3,
         QType::I8Sym => 127,
         _ => 0,
@@ -125,7 +139,7 @@ pub fn block_params(qtype: QType, x: &[f32], importance: Option<&[f32]>) -> Resu
     }
     let need_len = match qtype {
         QType::I4PerChannel => None,
-        q => Some(q.block_size()),
+        q => Some(q.param_block(x.len())),
     };
     if let Some(n) = need_len {
         if x.len() != n {
@@ -152,7 +166,7 @@ pub fn block_params(qtype: QType, x: &[f32], importance: Option<&[f32]>) -> Resu
     let weight = |i: usize| importance.map_or(1.0, |imp| imp[i].max(0.0));
     Ok(match qtype {
         QType::I8Sym => fit_sym(x, &weight),
-        QType::I8Asym | QType::I4Grouped => {
+        QType::I8Asym | QType::I4Grouped | QType::I4Grouped32 => {
             let (s, m) = fit_asym(x, &weight, code_max(qtype), true, false);
             best_f16_asym(qtype, x, &weight, s, m)
         }
@@ -208,9 +222,8 @@ fn fit_sym(x: &[f32], w: &dyn Fn(usize) -> f32) -> BlockParams {
 /// block's smallest weight (so it is not clipped), whichever scores better.
 fn best_f16_asym(q: QType, x: &[f32], w: &dyn Fn(usize) -> f32, s: f32, m: f32) -> BlockParams {
     let lo = x.iter().fold(f32::INFINITY, |a, &v| a.min(v));
-    let make = |scale: f16, min: f16| match q {
-        QType::I8Asym => BlockParams::I8Asym { scale, min },
-        _ => BlockParams::I4Grouped { scale, min },
+    let make = |scale: f16, min: f16| {
+        BlockParams::f16_affine(q, scale, min).expect("block_params calls this for f16 pairs only")
     };
     let cands = [
         make(f16::from_f32(s), f16::from_f32(m)),

@@ -50,11 +50,14 @@ pub enum QType {
     /// Super-blocks of 128 = 8 sub-groups of 16; f16 d, f16 dmin per super-block, 4-bit scale
     /// and 4-bit min code per sub-group; 2-bit codes; w = d*sc*q - dmin*m. 2.75 bpw.
     I2Structured = 7,
+    /// Groups of 32: f16 scale + f16 min; 4-bit codes packed as I4_GROUPED's (chunks of 64, so
+    /// each nibble plane of a chunk is one group); w = min + scale * q. 5.0 bpw.
+    I4Grouped32 = 8,
 }
 
 impl QType {
     /// Every type, in number order.
-    pub const ALL: [QType; 8] = [
+    pub const ALL: [QType; 9] = [
         QType::F32,
         QType::F16,
         QType::BF16,
@@ -63,6 +66,7 @@ impl QType {
         QType::I4Grouped,
         QType::I4PerChannel,
         QType::I2Structured,
+        QType::I4Grouped32,
     ];
 
     /// The type with this number, if this build knows it.
@@ -81,6 +85,7 @@ impl QType {
             QType::I4Grouped => "I4_GROUPED",
             QType::I4PerChannel => "I4_PER_CHANNEL",
             QType::I2Structured => "I2_STRUCTURED",
+            QType::I4Grouped32 => "I4_GROUPED32",
         }
     }
 
@@ -96,22 +101,23 @@ impl QType {
     }
 
     /// Elements per block: a row's length must be a multiple of it. For the grouped types this
-    /// is the group; for I4_PER_CHANNEL the 64-element packing chunk; for I2_STRUCTURED the
-    /// super-block; 1 for the float types.
+    /// is the group; for I4_PER_CHANNEL and I4_GROUPED32 the 64-element packing chunk; for
+    /// I2_STRUCTURED the super-block; 1 for the float types.
     pub fn block_size(self) -> usize {
         match self {
             QType::F32 | QType::F16 | QType::BF16 => 1,
             QType::I8Sym => 32,
-            QType::I8Asym | QType::I4Grouped | QType::I4PerChannel => 64,
+            QType::I8Asym | QType::I4Grouped | QType::I4PerChannel | QType::I4Grouped32 => 64,
             QType::I2Structured => 128,
         }
     }
 
     /// Elements sharing one [`BlockParams`] in a row of `cols`: the group (or super-block),
-    /// or the whole row for I4_PER_CHANNEL.
+    /// the whole row for I4_PER_CHANNEL, half a packing chunk for I4_GROUPED32.
     pub fn param_block(self, cols: usize) -> usize {
         match self {
             QType::I4PerChannel => cols,
+            QType::I4Grouped32 => 32,
             q => q.block_size(),
         }
     }
@@ -121,7 +127,7 @@ impl QType {
         match self {
             QType::F32 | QType::F16 | QType::BF16 => 0,
             QType::I8Sym => 2,
-            QType::I8Asym | QType::I4Grouped => 4,
+            QType::I8Asym | QType::I4Grouped | QType::I4Grouped32 => 4,
             QType::I4PerChannel => 8,
             QType::I2Structured => 12,
         }
@@ -134,6 +140,7 @@ impl QType {
             QType::F16 | QType::BF16 => 16.0,
             QType::I8Sym | QType::I8Asym => 8.5,
             QType::I4Grouped => 4.5,
+            QType::I4Grouped32 => 5.0,
             QType::I4PerChannel => 4.0,
             QType::I2Structured => 2.75,
         }
@@ -154,9 +161,9 @@ impl QType {
         let n = match self {
             QType::F32 => cols.checked_mul(4).ok_or_else(ovf)?,
             QType::F16 | QType::BF16 => cols.checked_mul(2).ok_or_else(ovf)?,
-            // codes + params; cols / block params blocks (no overflow: params < codes here)
-            QType::I8Sym | QType::I8Asym => cols + (cols / block) * self.param_bytes(),
-            QType::I4Grouped => cols / 2 + (cols / block) * self.param_bytes(),
+            // codes + params (no overflow: params < codes here)
+            QType::I8Sym | QType::I8Asym => cols + self.row_param_bytes(cols),
+            QType::I4Grouped | QType::I4Grouped32 => cols / 2 + self.row_param_bytes(cols),
             QType::I4PerChannel => (cols / 2).checked_add(8).ok_or_else(ovf)?,
             QType::I2Structured => (cols / 128).checked_mul(44).ok_or_else(ovf)?,
         };
@@ -166,8 +173,8 @@ impl QType {
     /// Bytes of the parameter array at the start of a row of `cols` (codes follow it).
     pub fn row_param_bytes(self, cols: usize) -> usize {
         match self {
-            QType::I4PerChannel => 8,
-            q if q.is_quantized() => (cols / q.block_size()) * q.param_bytes(),
+            // max(1): an I4_PER_CHANNEL row of 0 columns (invalid anyway) must not divide by 0
+            q if q.is_quantized() => (cols / q.param_block(cols).max(1)) * q.param_bytes(),
             _ => 0,
         }
     }

@@ -26,12 +26,13 @@ impl Rng {
     }
 }
 
-const QUANTIZED: [QType; 5] = [
+const QUANTIZED: [QType; 6] = [
     QType::I8Sym,
     QType::I8Asym,
     QType::I4Grouped,
     QType::I4PerChannel,
     QType::I2Structured,
+    QType::I4Grouped32,
 ];
 
 fn roundtrip(q: QType, src: &[f32], imp: Option<&[f32]>) -> (Vec<u8>, Vec<f32>) {
@@ -59,6 +60,7 @@ fn numbers_and_names_are_fixed() {
         (5, "I4_GROUPED"),
         (6, "I4_PER_CHANNEL"),
         (7, "I2_STRUCTURED"),
+        (8, "I4_GROUPED32"),
     ];
     for (n, name) in expect {
         let q = QType::from_u8(n).unwrap();
@@ -66,9 +68,11 @@ fn numbers_and_names_are_fixed() {
         assert_eq!(q.name(), name);
         assert_eq!(QType::from_name(name), Some(q));
     }
-    assert_eq!(QType::from_u8(8), None);
+    assert_eq!(QType::from_u8(9), None);
     assert_eq!(serde_json::to_string(&QType::I4Grouped).unwrap(), "5");
-    assert!(serde_json::from_str::<QType>("8").is_err());
+    assert_eq!(serde_json::to_string(&QType::I4Grouped32).unwrap(), "8");
+    assert!(serde_json::from_str::<QType>("9").is_err());
+    assert_eq!(QType::from_name("i4-grouped32"), Some(QType::I4Grouped32));
 }
 
 #[test]
@@ -95,6 +99,9 @@ fn sizes_of_gemma_shapes() {
         }
     }
     assert_eq!(QType::I4Grouped.row_bytes(640).unwrap(), 320 + 40);
+    assert_eq!(QType::I4Grouped32.row_bytes(640).unwrap(), 320 + 80);
+    assert_eq!(QType::I4Grouped32.row_param_bytes(640), 80);
+    assert_eq!(QType::I4PerChannel.row_param_bytes(640), 8);
     assert_eq!(QType::I2Structured.row_bytes(640).unwrap(), 5 * 44);
     assert_eq!(QType::I4PerChannel.row_bytes(640).unwrap(), 328);
     assert_eq!(QType::I8Sym.tensor_bytes(1, 256).unwrap(), 256 + 16);
@@ -102,10 +109,14 @@ fn sizes_of_gemma_shapes() {
 
 #[test]
 fn bad_sizes_are_errors() {
-    assert!(matches!(
-        QType::I4Grouped.row_bytes(96),
-        Err(MixqError::ColsNotMultiple { block: 64, .. })
-    ));
+    // I4_GROUPED32: groups of 32, but rows are whole 64-element packing chunks
+    for q in [QType::I4Grouped, QType::I4Grouped32] {
+        assert!(matches!(
+            q.row_bytes(96),
+            Err(MixqError::ColsNotMultiple { block: 64, .. })
+        ));
+    }
+    assert!(block_params(QType::I4Grouped32, &[0.0; 64], None).is_err());
     assert!(matches!(
         QType::I2Structured.row_bytes(192),
         Err(MixqError::ColsNotMultiple { block: 128, .. })
@@ -144,6 +155,7 @@ fn roundtrip_error_bounds() {
                 QType::BF16 => 4e-3,
                 QType::I8Sym | QType::I8Asym => 0.012,
                 QType::I4Grouped => 0.13,
+                QType::I4Grouped32 => 0.11,
                 // one range per row: the 8x outliers of the test rows cost most here
                 QType::I4PerChannel => 0.45,
                 QType::I2Structured => 0.32,
@@ -253,7 +265,12 @@ fn importance_lowers_weighted_error() {
     let imp: Vec<f32> = (0..cols)
         .map(|i| if i % 16 == 3 { 100.0 } else { 0.1 })
         .collect();
-    for q in [QType::I4Grouped, QType::I2Structured, QType::I4PerChannel] {
+    for q in [
+        QType::I4Grouped,
+        QType::I2Structured,
+        QType::I4PerChannel,
+        QType::I4Grouped32,
+    ] {
         let werr = |deq: &[f32]| -> f64 {
             src.iter()
                 .zip(deq)
@@ -332,6 +349,32 @@ fn golden_layouts() {
     let mut w = vec![0f32; 64];
     dequantize_row(QType::I4Grouped, &row, &mut w).unwrap();
     assert_eq!((w[0], w[1], w[33], w[63]), (-8.0, -7.0, -7.0, 7.0));
+
+    // I4_GROUPED32, 64 columns, the same codes: group 0 (elements 0..31, the low nibbles)
+    // scale 1, min -8; group 1 (32..63, the high nibbles) scale 0.5, min 2
+    let p = [
+        BlockParams::I4Grouped32 {
+            scale: h(1.0),
+            min: h(-8.0),
+        },
+        BlockParams::I4Grouped32 {
+            scale: h(0.5),
+            min: h(2.0),
+        },
+    ];
+    let mut row = vec![0u8; 40];
+    pack_row(QType::I4Grouped32, &p, &codes, &mut row).unwrap();
+    assert_eq!(
+        hex(&row),
+        "003c00c8\
+         00380040\
+         00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+    );
+    dequantize_row(QType::I4Grouped32, &row, &mut w).unwrap();
+    assert_eq!(
+        (w[0], w[31], w[32], w[33], w[63]),
+        (-8.0, 7.0, 2.0, 2.5, 9.5)
+    );
 
     // I4_PER_CHANNEL, 64 columns: f32 scale 0.5, f32 min -4.0; codes 15 - k % 16
     let codes: Vec<u8> = (0..64).map(|k| 15 - (k % 16) as u8).collect();

@@ -87,6 +87,31 @@ fn non_w4_weights_are_refused() {
 }
 
 #[test]
+fn groups_of_32_tile_with_their_larger_parameter_arrays() {
+    // I4_GROUPED32 rows carry twice I4_GROUPED's parameters: a prefill tile of the same
+    // [rows, k] holds 2 more bytes per 32 weights of each row
+    let spec = NpuSpec::phoenix();
+    let cfg = shapes::gemma3("1b").unwrap();
+    let dims = AttnDims::from_config(&cfg, 0).unwrap();
+    for tokens in [1, 256] {
+        let g64 =
+            TilingPlan::for_layer(&spec, &dims, &AttnQTypes::uniform(QType::I4Grouped), tokens);
+        let g32 = TilingPlan::for_layer(
+            &spec,
+            &dims,
+            &AttnQTypes::uniform(QType::I4Grouped32),
+            tokens,
+        );
+        let (g64, g32) = (g64.unwrap(), g32.unwrap());
+        for p in Proj::ALL {
+            let (a, b) = (g64.proj(p), g32.proj(p));
+            assert!(b.l1.fits(), "{p:?} tokens {tokens}");
+            assert_eq!(b.row_bytes, a.row_bytes + a.cols / 32 * 2, "{p:?}");
+        }
+    }
+}
+
+#[test]
 fn dma_plan_reads_each_tiles_rows_from_the_npu_banks() {
     // Place a 1B-shaped model with the phoenix profile (formats' placement), then feed layer 0.
     let cfg = shapes::gemma3("1b").unwrap();

@@ -299,7 +299,7 @@ impl<G: Backend> Backend for HybridBackend<G> {
             .section
             .as_deref()
             .is_some_and(|s| s.starts_with("npu.bank"))
-            && matches!(w.qtype, QType::I4Grouped | QType::I4PerChannel);
+            && mixq_npu::exec::W4_QTYPES.contains(&w.qtype);
         self.tally.lock().unwrap().add(w, on_npu);
         if on_npu {
             let want = w.qtype.tensor_bytes(w.rows, w.cols)?;
@@ -336,7 +336,7 @@ impl<G: Backend> Backend for HybridBackend<G> {
                 .is_some_and(|s| s.starts_with("npu.bank"))
         {
             bail!(
-                "tensor `{}` is in {} as {}: the NPU engine reads int4 (I4_GROUPED, I4_PER_CHANNEL) only",
+                "tensor `{}` is in {} as {}: the NPU engine reads int4 (I4_GROUPED, I4_GROUPED32, I4_PER_CHANNEL) only",
                 w.name,
                 w.section.as_deref().unwrap_or("?"),
                 w.qtype.name()

@@ -110,6 +110,7 @@ fn bench_matvec() {
         QType::I8Sym,
         QType::I8Asym,
         QType::I4Grouped,
+        QType::I4Grouped32,
         QType::I4PerChannel,
         QType::I2Structured,
     ];
@@ -173,6 +174,7 @@ fn bench_matmul_prefill() {
         QType::BF16,
         QType::I8Asym,
         QType::I4Grouped,
+        QType::I4Grouped32,
         QType::I4PerChannel,
         QType::I2Structured,
     ] {
@@ -255,7 +257,7 @@ impl QuantStore {
             return QType::I8Asym;
         }
         match self.recipe {
-            "int4" => QType::I4Grouped,
+            "int4" => QType::I4Grouped32,
             "int8" => QType::I8Asym,
             _ if lin("o_proj.weight") => QType::I4PerChannel,
             _ if lin("gate_proj.weight") || lin("up_proj.weight") => QType::I2Structured,
@@ -480,6 +482,7 @@ fn bench_int_kernels_hot() {
     for q in [
         QType::I8Asym,
         QType::I4Grouped,
+        QType::I4Grouped32,
         QType::I4PerChannel,
         QType::I2Structured,
     ] {

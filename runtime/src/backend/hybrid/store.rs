@@ -49,9 +49,10 @@ impl RtnStore {
     }
 }
 
-/// A `.mixq`-like model without a conversion: the `int4` recipe's types (every linear
-/// I4_GROUPED, the embedding = tied lm_head I8_ASYM, norms as stored) except o_proj, which
-/// is I4_PER_CHANNEL as in the `optimal` recipe; the attention projections in `npu.bank0`,
+/// A `.mixq`-like model without a conversion: the `int4` recipe's types as they were before
+/// I4_GROUPED32 (every linear I4_GROUPED, the embedding = tied lm_head I8_ASYM, norms as
+/// stored; the tests' measured figures are for these) except o_proj, which is
+/// I4_PER_CHANNEL as in the `optimal` recipe; the attention projections in `npu.bank0`,
 /// where `--profile phoenix` places them.
 pub fn phoenix_int4_rule(name: &str) -> Option<(QType, Option<&'static str>)> {
     if let Some(q) = attn_qtype(name) {
@@ -68,13 +69,13 @@ pub fn phoenix_int4_rule(name: &str) -> Option<(QType, Option<&'static str>)> {
 
 /// Round to nearest with each block's min and max as its range: no search, so the 262144-row
 /// embedding table takes a second, not minutes (`quantize_row`'s importance-weighted fit).
-/// Affine types only (I8_ASYM, I4_GROUPED, I4_PER_CHANNEL).
+/// Affine types only (I8_ASYM, I4_GROUPED, I4_GROUPED32, I4_PER_CHANNEL).
 fn quantize_row_minmax(qtype: QType, x: &[f32], out: &mut [u8]) -> Result<()> {
     let levels = match qtype {
         QType::I8Asym => 255.0,
-        QType::I4Grouped | QType::I4PerChannel => 15.0,
+        QType::I4Grouped | QType::I4Grouped32 | QType::I4PerChannel => 15.0,
         q => bail!(
-            "{}: round-to-nearest store supports I8_ASYM, I4_GROUPED and I4_PER_CHANNEL",
+            "{}: round-to-nearest store supports I8_ASYM, I4_GROUPED, I4_GROUPED32 and I4_PER_CHANNEL",
             q.name()
         ),
     };
@@ -96,11 +97,7 @@ fn quantize_row_minmax(qtype: QType, x: &[f32], out: &mut [u8]) -> Result<()> {
                 min = f16::from_f32(lo - (lo.abs() * 1e-3).max(1e-7));
             }
             let scale = f16::from_f32((hi - min.to_f32()) / levels);
-            if qtype == QType::I8Asym {
-                BlockParams::I8Asym { scale, min }
-            } else {
-                BlockParams::I4Grouped { scale, min }
-            }
+            BlockParams::f16_affine(qtype, scale, min).expect("an f16 (scale, min) type")
         };
         for (i, (&v, c)) in xs.iter().zip(cs.iter_mut()).enumerate() {
             *c = p.quantize(i, v);

@@ -172,6 +172,7 @@ fn variant_act(op: &str, q: QType, act: &str) -> &'static str {
         QType::I4Grouped => "i4grouped",
         QType::I4PerChannel => "i4perchannel",
         QType::I2Structured => "i2structured",
+        QType::I4Grouped32 => "i4grouped32",
     };
     // The table in build.rs has exactly these names; leak-free static lookup.
     let name = format!("{op}_{w}_{act}");
@@ -328,7 +329,7 @@ fn matvec_shape(q: QType, cols: usize, rows: usize, kind: MatvecKind) -> (u32, u
         QType::F32 => 4,
         QType::F16 | QType::BF16 => 8,
         QType::I8Sym | QType::I8Asym => 16,
-        QType::I4Grouped | QType::I4PerChannel => 32,
+        QType::I4Grouped | QType::I4PerChannel | QType::I4Grouped32 => 32,
         QType::I2Structured => 64,
     };
     let wg = if cols / epg >= 96 { 128 } else { 64 };
@@ -910,6 +911,7 @@ impl VulkanBackend {
                     | QType::I4Grouped
                     | QType::I4PerChannel
                     | QType::I2Structured
+                    | QType::I4Grouped32
             )
     }
 

@@ -11,7 +11,8 @@
 //!
 //! Every type reduces to `w = S * u + M` with unsigned codes `u`, per activation block `g`:
 //! `sum_k w x = S_g d_g sum(u q) + M_g dsum_g` (`d`, `dsum` from [`QAct`]):
-//! - I8_ASYM, I4_GROUPED: `S`, `M` are the group's scale and min.
+//! - I8_ASYM, I4_GROUPED, I4_GROUPED32: `S`, `M` are the group's scale and min (I4_GROUPED32:
+//!   activation blocks of 32, one per nibble plane of a 64-element chunk).
 //! - I4_PER_CHANNEL: the row's scale and min in every group.
 //! - I8_SYM: `u = c + 128`, `M = -128 S`.
 //! - I2_STRUCTURED: the 4-bit sub-scale is folded into the code (`u = q sc <= 45`), `S = d`,
@@ -142,9 +143,9 @@ impl Tile {
                     *o = c ^ 0x80;
                 }
             }
-            QType::I4Grouped | QType::I4PerChannel => {
+            QType::I4Grouped | QType::I4PerChannel | QType::I4Grouped32 => {
                 let (p, per_row) = match self.qtype {
-                    QType::I4Grouped => (4 * groups, None),
+                    QType::I4Grouped | QType::I4Grouped32 => (4 * groups, None),
                     _ => (8, Some((f(row, 0), f(row, 4)))),
                 };
                 match per_row {

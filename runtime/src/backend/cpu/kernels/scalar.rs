@@ -89,6 +89,7 @@ pub fn decode(q: QType) -> Decode {
         QType::I4Grouped => |r, o| unsafe { decode_quant(QType::I4Grouped, r, o) },
         QType::I4PerChannel => |r, o| unsafe { decode_quant(QType::I4PerChannel, r, o) },
         QType::I2Structured => |r, o| unsafe { decode_quant(QType::I2Structured, r, o) },
+        QType::I4Grouped32 => |r, o| unsafe { decode_quant(QType::I4Grouped32, r, o) },
     }
 }
 
@@ -99,6 +100,7 @@ pub fn q_dot(q: QType) -> QDot {
         QType::I4Grouped => q_i4g,
         QType::I4PerChannel => q_i4pc,
         QType::I2Structured => q_i2,
+        QType::I4Grouped32 => q_i4g32,
         _ => unreachable!("float types have no integer kernel"),
     }
 }
@@ -124,15 +126,22 @@ pub unsafe fn q_i8sym(row: &[u8], a: &QAct, t: usize) -> f32 {
     acc
 }
 
-/// Groups of 64 with f16 (scale, min) and `bits`-bit codes: `s d sum(q c) + m dsum`.
+/// Groups of `n` (= the activation block) with f16 (scale, min) and codes `code(row, k)`:
+/// `s d sum(q c) + m dsum`.
 #[inline]
-unsafe fn q_asym64(row: &[u8], a: &QAct, t: usize, code: impl Fn(&[u8], usize) -> i32) -> f32 {
+unsafe fn q_asym(
+    row: &[u8],
+    a: &QAct,
+    t: usize,
+    n: usize,
+    code: impl Fn(&[u8], usize) -> i32,
+) -> f32 {
     let (x, b0) = act(a, t);
-    let g = a.cols / 64;
+    let g = a.cols / n;
     let (mut acc, mut accm) = (0f32, 0f32);
     for i in 0..g {
-        let s: i32 = (0..64)
-            .map(|j| code(row, 64 * i + j) * x[64 * i + j] as i32)
+        let s: i32 = (0..n)
+            .map(|j| code(row, n * i + j) * x[n * i + j] as i32)
             .sum();
         acc += h(row, 4 * i) * a.d[b0 + i] * s as f32;
         accm += h(row, 4 * i + 2) * a.dsum[b0 + i];
@@ -142,7 +151,7 @@ unsafe fn q_asym64(row: &[u8], a: &QAct, t: usize, code: impl Fn(&[u8], usize) -
 
 pub unsafe fn q_i8asym(row: &[u8], a: &QAct, t: usize) -> f32 {
     let p = 4 * a.cols / 64;
-    q_asym64(row, a, t, |r, k| r[p + k] as i32)
+    q_asym(row, a, t, 64, |r, k| r[p + k] as i32)
 }
 
 /// 4-bit code `k` of a codes region: chunk of 64 in 32 bytes, low nibble j, high nibble j+32.
@@ -153,7 +162,13 @@ fn nib(codes: &[u8], k: usize) -> i32 {
 
 pub unsafe fn q_i4g(row: &[u8], a: &QAct, t: usize) -> f32 {
     let p = 4 * a.cols / 64;
-    q_asym64(row, a, t, |r, k| nib(&r[p..], k))
+    q_asym(row, a, t, 64, |r, k| nib(&r[p..], k))
+}
+
+/// I4_GROUPED32: the same nibbles, one (scale, min) per 32 (activation blocks of 32).
+pub unsafe fn q_i4g32(row: &[u8], a: &QAct, t: usize) -> f32 {
+    let p = 4 * a.cols / 32;
+    q_asym(row, a, t, 32, |r, k| nib(&r[p..], k))
 }
 
 /// I4_PER_CHANNEL: one f32 (scale, min) per row: `scale sum_b d_b sum(q c) + min tot`.

@@ -184,16 +184,27 @@ pub unsafe fn decode_i8asym(row: &[u8], out: &mut [f32]) {
     }
 }
 
-/// 64 nibble codes at `c` (32 bytes) with one (scale, min): elements j (low) and j+32 (high).
+/// 64 nibble codes at `c` (32 bytes): elements j (low nibbles) with (scale, min) `lo`, j+32
+/// (high nibbles) with `hi`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn decode_nib64(c: *const u8, s: __m256, m: __m256, o: *mut f32) {
+unsafe fn decode_nib64(c: *const u8, lo: (__m256, __m256), hi: (__m256, __m256), o: *mut f32) {
     let mask = _mm256_set1_epi32(15);
     for j in 0..4 {
         let v = u8x8(c.add(8 * j));
-        _mm256_storeu_ps(o.add(8 * j), affine(m, s, _mm256_and_si256(v, mask)));
-        _mm256_storeu_ps(o.add(32 + 8 * j), affine(m, s, _mm256_srli_epi32(v, 4)));
+        _mm256_storeu_ps(o.add(8 * j), affine(lo.1, lo.0, _mm256_and_si256(v, mask)));
+        _mm256_storeu_ps(
+            o.add(32 + 8 * j),
+            affine(hi.1, hi.0, _mm256_srli_epi32(v, 4)),
+        );
     }
+}
+
+/// f16 (scale, min) pair `j` of `sm` (as [`h8`] returns them), broadcast.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pair(sm: &[f32; 8], j: usize) -> (__m256, __m256) {
+    (_mm256_set1_ps(sm[2 * j]), _mm256_set1_ps(sm[2 * j + 1]))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -201,13 +212,19 @@ pub unsafe fn decode_i4g(row: &[u8], out: &mut [f32]) {
     let g = out.len() / 64;
     let (p, c, o) = (row.as_ptr(), row.as_ptr().add(4 * g), out.as_mut_ptr());
     for i in 0..g {
-        let sm = h8(p.add(4 * i));
-        decode_nib64(
-            c.add(32 * i),
-            _mm256_set1_ps(sm[0]),
-            _mm256_set1_ps(sm[1]),
-            o.add(64 * i),
-        );
+        let sm = pair(&h8(p.add(4 * i)), 0);
+        decode_nib64(c.add(32 * i), sm, sm, o.add(64 * i));
+    }
+}
+
+/// I4_GROUPED32: chunk i's low nibbles are group 2i, its high nibbles group 2i + 1.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn decode_i4g32(row: &[u8], out: &mut [f32]) {
+    let chunks = out.len() / 64;
+    let (p, c, o) = (row.as_ptr(), row.as_ptr().add(8 * chunks), out.as_mut_ptr());
+    for i in 0..chunks {
+        let sm = h8(p.add(8 * i));
+        decode_nib64(c.add(32 * i), pair(&sm, 0), pair(&sm, 1), o.add(64 * i));
     }
 }
 
@@ -216,10 +233,10 @@ pub unsafe fn decode_i4pc(row: &[u8], out: &mut [f32]) {
     let g = out.len() / 64;
     let sc = f32::from_le_bytes([row[0], row[1], row[2], row[3]]);
     let mn = f32::from_le_bytes([row[4], row[5], row[6], row[7]]);
-    let (s, m) = (_mm256_set1_ps(sc), _mm256_set1_ps(mn));
+    let sm = (_mm256_set1_ps(sc), _mm256_set1_ps(mn));
     let (c, o) = (row.as_ptr().add(8), out.as_mut_ptr());
     for i in 0..g {
-        decode_nib64(c.add(32 * i), s, m, o.add(64 * i));
+        decode_nib64(c.add(32 * i), sm, sm, o.add(64 * i));
     }
 }
 
@@ -247,6 +264,22 @@ pub unsafe fn decode_i2(row: &[u8], out: &mut [f32]) {
     }
 }
 
+/// 8 interleaved f16 (scale, min) pairs at `p` (32 bytes) as a vector of scales and one of mins.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pairs8(p: *const u8) -> (__m256, __m256) {
+    let raw = _mm256_loadu_si256(p as *const __m256i);
+    let a = _mm256_cvtph_ps(_mm256_castsi256_si128(raw)); // s0 m0 s1 m1 s2 m2 s3 m3
+    let b = _mm256_cvtph_ps(_mm256_extracti128_si256(raw, 1)); // s4 m4 .. s7 m7
+                                                               // per 128-bit lane: [s0 s1 s4 s5 | s2 s3 s6 s7], then 64-bit pieces in order 0 2 1 3
+    let order =
+        |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0b11_01_10_00));
+    (
+        order(_mm256_shuffle_ps(a, b, 0b10_00_10_00)),
+        order(_mm256_shuffle_ps(a, b, 0b11_01_11_01)),
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // quantized weights, int8 activations
 
@@ -263,6 +296,7 @@ macro_rules! int_kernels {
                     QType::I4Grouped => i4g,
                     QType::I4PerChannel => i4pc,
                     QType::I2Structured => i2,
+                    QType::I4Grouped32 => i4g32,
                     _ => unreachable!("float types have no integer kernel"),
                 }
             }
@@ -411,6 +445,61 @@ macro_rules! int_kernels {
                     i += 4;
                 }
                 hsum_ps(acc) + accm
+            }
+
+            /// I4_GROUPED32: one 32-byte load holds two groups of 32, group 2c in the low
+            /// nibbles and 2c + 1 in the high nibbles, each against its own 32 activation bytes
+            /// (activation blocks of 32). The per-group float work is vectorised over 8 groups
+            /// (4 chunks): their (scale, min) pairs are converted at once, `scale x d` is one
+            /// multiply and the mins' `min x dsum` one FMA; per group only a lane broadcast
+            /// (`vpermps`) and an FMA remain (scalar products here made it 60 % slower than
+            /// I4_GROUPED).
+            #[target_feature(enable = $feat)]
+            pub unsafe fn i4g32(row: &[u8], a: &QAct, t: usize) -> f32 {
+                let g = a.cols / 32;
+                let (p, c) = (row.as_ptr(), row.as_ptr().add(4 * g));
+                let x = a.q.as_ptr().add(t * a.cols) as *const u8;
+                let (d, ds) = (a.d.as_ptr().add(t * g), a.dsum.as_ptr().add(t * g));
+                let z = _mm256_setzero_si256();
+                let mask = _mm256_set1_epi8(15);
+                let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                let one = _mm256_set1_epi32(1);
+                // two accumulators: one FMA chain per nibble plane, as I4_GROUPED has one
+                let (mut acc, mut accm) = ([_mm256_setzero_ps(); 2], _mm256_setzero_ps());
+                let mut i = 0;
+                while i < g {
+                    // groups i..i + n (n even: rows are whole chunks); the lanes past n read
+                    // the codes after the parameters and the QAct padding, and are masked off
+                    let n = (g - i).min(8);
+                    let (s, m) = pairs8(p.add(4 * i));
+                    let live = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+                    let sd = _mm256_mul_ps(s, _mm256_loadu_ps(d.add(i)));
+                    let md = _mm256_mul_ps(m, _mm256_loadu_ps(ds.add(i)));
+                    accm = _mm256_add_ps(accm, _mm256_and_ps(_mm256_castsi256_ps(live), md));
+                    let mut l0 = _mm256_setzero_si256(); // lane of group j in sd
+                    for j in (0..n).step_by(2) {
+                        let k = i + j;
+                        let v = ld(c.add(16 * k));
+                        let lo = _mm256_and_si256(v, mask);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                        let s0 = dp(z, lo, ld(x.add(32 * k)));
+                        let s1 = dp(z, hi, ld(x.add(32 * k + 32)));
+                        let l1 = _mm256_add_epi32(l0, one);
+                        acc[0] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(s0),
+                            _mm256_permutevar8x32_ps(sd, l0),
+                            acc[0],
+                        );
+                        acc[1] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(s1),
+                            _mm256_permutevar8x32_ps(sd, l1),
+                            acc[1],
+                        );
+                        l0 = _mm256_add_epi32(l1, one);
+                    }
+                    i += 8;
+                }
+                hsum_ps(_mm256_add_ps(acc[0], acc[1])) + hsum_ps(accm)
             }
 
             #[target_feature(enable = $feat)]
