@@ -2,9 +2,10 @@
 // then an f32 sum of the dequantized codes per 16) into Q8_DST (a uint[] the includer
 // defines), from the invocation holding vec4 `gi` of a row of `cols`: the 8 invocations of a
 // group of 32 must be neighbours in one subgroup (aligned to 8) and all call this, `live`
-// false for padding (v ignored). Needs GL_KHR_shader_subgroup_shuffle. Shared by the
-// producers that quantize their own output for the next decode matvec (attention's merge,
-// matvec_sg's gate/up).
+// false for padding (v ignored). Needs GL_KHR_shader_subgroup_shuffle. The one definition of
+// that layout's arithmetic: quantize_x_f32 and the producers that quantize their own output for
+// the next decode matvec (the row norms, attention's merge) all store through it, bit for bit
+// alike.
 void store_q8_vec4(uint gi, vec4 v, uint cols, bool live) {
     v = live ? v : vec4(0.0);
     vec4 a4 = abs(v);

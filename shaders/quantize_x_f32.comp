@@ -24,6 +24,8 @@ layout(push_constant) uniform Params {
 
 layout(set = 0, binding = 0) readonly buffer X4 { vec4 x4[]; };
 layout(set = 0, binding = 1) writeonly buffer Q { uint q[]; };
+#define Q8_DST q
+#include "q8_store.glsl"
 
 void main() {
     uint i = group_index() * 256u + gl_LocalInvocationID.x;
@@ -31,25 +33,5 @@ void main() {
     // Invocations past the end still take part in the shuffles (groups of 8 are all in or all
     // out: cols % 32 == 0).
     vec4 v = i < d4 ? x4[i] : vec4(0.0);
-    vec4 a4 = abs(v);
-    float amax = max(max(a4.x, a4.y), max(a4.z, a4.w));
-    amax = max(amax, subgroupShuffleXor(amax, 1u));
-    amax = max(amax, subgroupShuffleXor(amax, 2u));
-    amax = max(amax, subgroupShuffleXor(amax, 4u));
-    float d = amax / 127.0;
-    float id = amax > 0.0 ? 127.0 / amax : 0.0;
-    ivec4 c = clamp(ivec4(round(v * id)), ivec4(-127), ivec4(127));
-    int s = c.x + c.y + c.z + c.w;
-    s += subgroupShuffleXor(s, 1u);
-    s += subgroupShuffleXor(s, 2u);
-    if (i < d4) {
-        uvec4 b = uvec4(c) & 0xffu;
-        q[i] = b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u);
-        if ((i & 7u) == 0u) {
-            q[d4 + i / 8u] = floatBitsToUint(d);
-        }
-        if ((i & 3u) == 0u) {
-            q[d4 + p.cols / 32u + i / 4u] = floatBitsToUint(d * float(s));
-        }
-    }
+    store_q8_vec4(i, v, p.cols, i < d4);
 }

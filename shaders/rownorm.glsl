@@ -18,6 +18,9 @@ layout(constant_id = 1) const uint NV = 4u;
 #define WG gl_WorkGroupSize.x
 
 // One slot per subgroup (subgroups are at least 8 wide on every device we target: <= 128).
+#define Q8_DST xq
+#include "q8_store.glsl"
+
 shared float red[128];
 // The row for the Hadamard rotation (the host rotates here only when d <= 6144: with red[],
 // 25 KB of the 32 KB lavapipe allows).
@@ -96,26 +99,6 @@ void store_q8(vec4 v[NV]) {
     }
     for (uint j = 0u; j < NV; j++) {
         uint i = t + j * WG;
-        vec4 a4 = abs(v[j]);
-        float amax = max(max(a4.x, a4.y), max(a4.z, a4.w));
-        amax = max(amax, subgroupShuffleXor(amax, 1u));
-        amax = max(amax, subgroupShuffleXor(amax, 2u));
-        amax = max(amax, subgroupShuffleXor(amax, 4u));
-        float dq = amax / 127.0;
-        float id = amax > 0.0 ? 127.0 / amax : 0.0;
-        ivec4 c = clamp(ivec4(round(v[j] * id)), ivec4(-127), ivec4(127));
-        int s = c.x + c.y + c.z + c.w;
-        s += subgroupShuffleXor(s, 1u);
-        s += subgroupShuffleXor(s, 2u);
-        if (i < d4) {
-            uvec4 b = uvec4(c) & 0xffu;
-            xq[i] = b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u);
-            if ((i & 7u) == 0u) {
-                xq[d4 + i / 8u] = floatBitsToUint(dq);
-            }
-            if ((i & 3u) == 0u) {
-                xq[d4 + p.d / 32u + i / 4u] = floatBitsToUint(dq * float(s));
-            }
-        }
+        store_q8_vec4(i, v[j], p.d, i < d4);
     }
 }
