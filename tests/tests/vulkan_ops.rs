@@ -1084,7 +1084,7 @@ fn norms_and_attention_write_int8_inputs() {
             NMSE_F32,
         );
         check(
-            &format!("o_proj from the combine's int8 output pos0={pos0}"),
+            &format!("o_proj from attention's int8 output pos0={pos0}"),
             &v.download(&vout, 48),
             &cout,
             NMSE_Q8,

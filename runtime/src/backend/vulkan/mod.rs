@@ -163,7 +163,12 @@ fn variant(op: &str, q: QType) -> &'static str {
 /// Shader name of an op for weight format `q` and activation kind `act` ("f32", or "q8": int8
 /// activations from quantize_x_f32, integer formats only).
 fn variant_act(op: &str, q: QType, act: &str) -> &'static str {
-    let w = match q {
+    shader_named(&format!("{op}_{}_{act}", format_tag(q)))
+}
+
+/// The weight format's part of shader names (build.rs `WEIGHT_FORMATS`).
+fn format_tag(q: QType) -> &'static str {
+    match q {
         QType::F32 => "f32",
         QType::F16 => "f16",
         QType::BF16 => "bf16",
@@ -173,9 +178,12 @@ fn variant_act(op: &str, q: QType, act: &str) -> &'static str {
         QType::I4PerChannel => "i4perchannel",
         QType::I2Structured => "i2structured",
         QType::I4Grouped32 => "i4grouped32",
-    };
-    // The table in build.rs has exactly these names; leak-free static lookup.
-    let name = format!("{op}_{w}_{act}");
+    }
+}
+
+/// The static name of shader `name` in build.rs's table (leak-free lookup); a missing one is a
+/// build.rs/backend mismatch.
+fn shader_named(name: &str) -> &'static str {
     pipelines::SHADERS
         .iter()
         .find(|(n, _)| *n == name)
@@ -185,13 +193,7 @@ fn variant_act(op: &str, q: QType, act: &str) -> &'static str {
 
 /// Shader name of matmul_coop for weight format `q` and tile `tile` (build.rs `COOP_TILES`).
 fn coop_variant(q: QType, tile: &str) -> &'static str {
-    let base = variant("matmul", q);
-    let name = format!("matmul_coop{}_{tile}", &base["matmul".len()..]);
-    pipelines::SHADERS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(n, _)| *n)
-        .unwrap_or_else(|| panic!("shader {name} missing from build.rs's table"))
+    shader_named(&format!("matmul_coop_{}_f32_{tile}", format_tag(q)))
 }
 
 /// How a weight's rows lie on the device: each stored row (formats/SPEC.md,
@@ -235,7 +237,7 @@ impl DeviceRows {
 }
 
 /// Zeroed counters, one per head, for attention_f32's merge by the last split to finish
-/// ([`VulkanBackend::zeroed_counters`]).
+/// ([`VulkanBackend::attention_counters`]).
 const COUNTERS: usize = 1024;
 
 /// matmul_coop's tile shapes (runtime/build.rs `COOP_TILES`): (name, weight rows, tokens, k
@@ -668,16 +670,14 @@ impl VulkanBackend {
         }
     }
 
-    /// The recorder, with a deferred add_rms_norm ([`Recorder::pending_norm`]) recorded
-    /// first: every op but rms_norm_into goes through here before recording, reading or
-    /// handing out anything.
+    /// The recorder, with whatever was deferred ([`Recorder::pending_norm`],
+    /// [`Recorder::pending_qk`]; never both at once) recorded first: every op but
+    /// rms_norm_into and attention goes through here before recording, reading or handing out
+    /// anything.
     fn rec(&self) -> MutexGuard<'_, Recorder> {
         let mut rec = self.rec_deferred();
         if let Some(pn) = rec.pending_norm.take() {
             ok(self.record_pending(&mut rec, pn));
-        }
-        if let Some(pq) = rec.pending_qk.take() {
-            ok(self.record_qk_norm_rope(&mut rec, pq));
         }
         rec
     }
@@ -693,7 +693,7 @@ impl VulkanBackend {
     }
 
     /// The [`COUNTERS`] counters (zeroed once; every kernel that uses them leaves them zero).
-    fn zeroed_counters(&self, rec: &mut Recorder) -> Result<vk::Buffer> {
+    fn attention_counters(&self, rec: &mut Recorder) -> Result<vk::Buffer> {
         if let Some(b) = &rec.attn_counters {
             return Ok(b.buffer);
         }
@@ -709,8 +709,18 @@ impl VulkanBackend {
         Ok(b)
     }
 
-    /// The recorder as it is (a deferred add_rms_norm stays pending).
+    /// The recorder with a deferred add_rms_norm still pending (a deferred QK-norm + RoPE is
+    /// recorded: only attention takes that one, through [`Self::rec_raw`]).
     fn rec_deferred(&self) -> MutexGuard<'_, Recorder> {
+        let mut rec = self.rec_raw();
+        if let Some(pq) = rec.pending_qk.take() {
+            ok(self.record_qk_norm_rope(&mut rec, pq));
+        }
+        rec
+    }
+
+    /// The recorder as it is, everything deferred still pending.
+    fn rec_raw(&self) -> MutexGuard<'_, Recorder> {
         self.shared.rec.lock().expect("vulkan recorder poisoned")
     }
 
@@ -1436,9 +1446,6 @@ impl VulkanBackend {
         }
         let spec = norm_shape(d)?;
         let mut rec = self.rec_deferred();
-        if let Some(pq) = rec.pending_qk.take() {
-            self.record_qk_norm_rope(&mut rec, pq)?;
-        }
         if let Some(pn) = rec.pending_norm.take() {
             if qkv_input && pn.x == x && pn.y == out && (pn.rows, pn.d, pn.eps) == (rows, d, eps) {
                 // The previous layer's end and this pre-norm: one add_rms_norm_f32.
@@ -1627,7 +1634,7 @@ impl VulkanBackend {
             push: [u(n), u(p.heads), u(kv_heads), u(half), f(eps)],
             groups: u(n * (p.heads + kv_heads)),
         };
-        // A decode step's waits for the attention that reads q and k (try_attention).
+        // A decode step's norm waits for the attention that reads q and k (try_attention).
         if n == 1 && self.shared.fuse_attention {
             rec.pending_qk = Some(pq);
             return Ok(());
@@ -1691,7 +1698,7 @@ impl VulkanBackend {
         let q8 = p.n == 1 && d % 32 == 0 && self.int8_activations();
         // A deferred QK-norm + RoPE of exactly these q and k is applied inside attention_f32
         // (which then also merges its splits itself); anything else records it first.
-        let pending = self.rec_deferred().pending_qk.take();
+        let pending = self.rec_raw().pending_qk.take();
         let fused = match pending {
             Some(pq)
                 if q8
@@ -1748,7 +1755,7 @@ impl VulkanBackend {
                 pq.buffers[2],
                 pq.buffers[3],
                 pq.buffers[4],
-                self.zeroed_counters(&mut rec)?,
+                self.attention_counters(&mut rec)?,
                 xq_buf,
             ],
             None => [out.buffer(); 5],
@@ -1786,7 +1793,7 @@ impl VulkanBackend {
                 (p.n == 1) as u32,
                 !merge as u32,
                 fused.is_some() as u32,
-                f(fused.as_ref().map_or(0.0, |pq| f32::from_bits(pq.push[4]))),
+                fused.as_ref().map_or(0, |pq| pq.push[4]), // QK-norm's eps
             ],
             (gx, gy, u(splits)),
         )?;
