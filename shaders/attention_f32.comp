@@ -80,42 +80,9 @@ shared vec4 knew4[128]; // fused: the new key, normalized and rotated
 shared float nred[16];
 shared bool last_split;
 
-// QK-norm then RoPE of one head's raw values (norm_rope_f32's arithmetic) into `dst`: each
-// invocation holds the pairs (j, j + head_dim / 2) for j = tid + 64 i. A macro: GLSL cannot
-// pass buffers or shared arrays.
-#define NORM_ROPE_INTO(dst, SRC, at, W, tid, d)                                          \
-    {                                                                                  \
-        uint hf = d / 2u;                                                              \
-        float v0[4], v1[4];                                                            \
-        float ss = 0.0;                                                                \
-        for (uint i = 0u; i < 4u; i++) {                                               \
-            uint j = tid + 64u * i;                                                    \
-            v0[i] = j < hf ? SRC[at + j] : 0.0;                                        \
-            v1[i] = j < hf ? SRC[at + j + hf] : 0.0;                                   \
-            ss += v0[i] * v0[i] + v1[i] * v1[i];                                       \
-        }                                                                              \
-        ss = subgroupAdd(ss);                                                          \
-        if (subgroupElect()) {                                                         \
-            nred[gl_SubgroupID] = ss;                                                  \
-        }                                                                              \
-        barrier();                                                                     \
-        float tot = 0.0;                                                               \
-        for (uint i = 0u; i < gl_NumSubgroups; i++) {                                  \
-            tot += nred[i];                                                            \
-        }                                                                              \
-        barrier();                                                                     \
-        float inv = 1.0 / sqrt(tot / float(d) + p.eps);                                \
-        for (uint i = 0u; i < 4u; i++) {                                               \
-            uint j = tid + 64u * i;                                                    \
-            if (j < hf) {                                                              \
-                float x0 = v0[i] * inv * (1.0 + W[j]);                                 \
-                float x1 = v1[i] * inv * (1.0 + W[j + hf]);                            \
-                float c = table[j], sn = table[hf + j];                                \
-                dst[j / 4u][j % 4u] = x0 * c - x1 * sn;                                \
-                dst[(j + hf) / 4u][(j + hf) % 4u] = x1 * c + x0 * sn;                  \
-            }                                                                          \
-        }                                                                              \
-    }
+#include "norm_rope.glsl"
+#define STORE_QS(j, v) qs4[(j) / 4u][(j) % 4u] = (v)
+#define STORE_KNEW(j, v) knew4[(j) / 4u][(j) % 4u] = (v)
 
 // Start of the kv_dim-wide row holding position `pos` (in the cache or the batch).
 uint kv_row(uint pos, uint kv_dim, out bool cached) {
@@ -144,8 +111,8 @@ void main() {
 
     bool fused = p.fused != 0u;
     if (fused) {
-        NORM_ROPE_INTO(qs4, q, h * d, wq, tid, d)
-        NORM_ROPE_INTO(knew4, k, kvh * d, wk, tid, d)
+        NORM_ROPE(q, h * d, wq, tid, d, p.eps, 0u, 1u, STORE_QS)
+        NORM_ROPE(k, kvh * d, wk, tid, d, p.eps, 0u, 1u, STORE_KNEW)
         barrier();
     } else {
         for (uint i = tid; i < d / 4u; i += 64u) {

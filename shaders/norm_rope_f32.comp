@@ -25,47 +25,12 @@ layout(set = 0, binding = 2) readonly buffer Wq { float wq[]; };
 layout(set = 0, binding = 3) readonly buffer Wk { float wk[]; };
 layout(set = 0, binding = 4) readonly buffer T { float table[]; };
 
-shared float red[16];
+shared float nred[16];
 
-// x: the q or k buffer, w: its norm weight. A macro: GLSL cannot pass buffers.
-#define NORM_ROPE(X, W, HEADS)                                                         \
-    {                                                                                  \
-        uint base = th * hd;                                                           \
-        uint t = th / HEADS;                                                           \
-        float v0[4], v1[4];                                                            \
-        float acc = 0.0;                                                               \
-        for (uint i = 0u; i < 4u; i++) {                                               \
-            uint j = tid + 64u * i;                                                    \
-            v0[i] = 0.0;                                                               \
-            v1[i] = 0.0;                                                               \
-            if (j < p.half_dim) {                                                      \
-                v0[i] = X[base + j];                                                   \
-                v1[i] = X[base + j + p.half_dim];                                      \
-            }                                                                          \
-            acc += v0[i] * v0[i] + v1[i] * v1[i];                                      \
-        }                                                                              \
-        float s = subgroupAdd(acc);                                                    \
-        if (subgroupElect()) {                                                         \
-            red[gl_SubgroupID] = s;                                                    \
-        }                                                                              \
-        barrier();                                                                     \
-        float tot = 0.0;                                                               \
-        for (uint i = 0u; i < gl_NumSubgroups; i++) {                                  \
-            tot += red[i];                                                             \
-        }                                                                              \
-        float inv = 1.0 / sqrt(tot / float(hd) + p.eps);                               \
-        for (uint i = 0u; i < 4u; i++) {                                               \
-            uint j = tid + 64u * i;                                                    \
-            if (j < p.half_dim) {                                                      \
-                float x0 = v0[i] * inv * (1.0 + W[j]);                                 \
-                float x1 = v1[i] * inv * (1.0 + W[j + p.half_dim]);                    \
-                float c = table[t * p.half_dim + j];                                   \
-                float sn = table[(p.n + t) * p.half_dim + j];                          \
-                X[base + j] = x0 * c - x1 * sn;                                        \
-                X[base + j + p.half_dim] = x1 * c + x0 * sn;                           \
-            }                                                                          \
-        }                                                                              \
-    }
+#include "norm_rope.glsl"
+
+#define STORE_Q(j, v) q[base + (j)] = (v)
+#define STORE_K(j, v) k[base + (j)] = (v)
 
 void main() {
     uint g = group_index();
@@ -76,10 +41,10 @@ void main() {
     uint tid = gl_LocalInvocationID.x;
     uint hd = 2u * p.half_dim; // <= 512 (4 pairs per invocation)
     if (g < nq) {
-        uint th = g;
-        NORM_ROPE(q, wq, p.heads)
+        uint base = g * hd;
+        NORM_ROPE(q, base, wq, tid, hd, p.eps, g / p.heads, p.n, STORE_Q)
     } else {
-        uint th = g - nq;
-        NORM_ROPE(k, wk, p.kv_heads)
+        uint base = (g - nq) * hd;
+        NORM_ROPE(k, base, wk, tid, hd, p.eps, (g - nq) / p.kv_heads, p.n, STORE_K)
     }
 }
