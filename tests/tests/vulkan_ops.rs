@@ -108,6 +108,16 @@ fn weight(q: QType, rows: usize, cols: usize, seed: u64) -> WeightSource {
 }
 
 /// Uploads `data` to a fresh buffer of each backend.
+/// [`weight`] stored as W·H (block Hadamard of 128 with signs from `hseed`).
+fn hadamard_weight(q: QType, rows: usize, cols: usize, seed: u64, hseed: u64) -> WeightSource {
+    let mut w = weight(q, rows, cols, seed);
+    w.transform = Transform::BlockHadamard {
+        block: 128,
+        seed: hseed,
+    };
+    w
+}
+
 fn bufs(
     c: &CpuBackend,
     v: &VulkanBackend,
@@ -216,14 +226,7 @@ fn matmul_coop_prefill() {
         }
     }
     let q = QType::I2Structured;
-    let mk = |s: u64| {
-        let mut w = weight(q, rows, cols, s);
-        w.transform = Transform::BlockHadamard {
-            block: 128,
-            seed: 5,
-        };
-        w
-    };
+    let mk = |s: u64| hadamard_weight(q, rows, cols, s, 5);
     let (wg, wu) = (mk(61), mk(62));
     let (cg, vg) = (c.load_weight(&wg).unwrap(), v.load_weight(&wg).unwrap());
     let (cu, vu) = (c.load_weight(&wu).unwrap(), v.load_weight(&wu).unwrap());
@@ -915,14 +918,7 @@ fn norms_and_attention_write_int8_inputs() {
     ];
     let cq: Vec<_> = qkv.iter().map(|w| c.load_weight(w).unwrap()).collect();
     let vq: Vec<_> = qkv.iter().map(|w| v.load_weight(w).unwrap()).collect();
-    let rotated = |s: u64| {
-        let mut w = weight(QType::I2Structured, 96, d, s);
-        w.transform = Transform::BlockHadamard {
-            block: 128,
-            seed: 9,
-        };
-        w
-    };
+    let rotated = |s: u64| hadamard_weight(QType::I2Structured, 96, d, s, 9);
     let (g, up) = (rotated(46), rotated(47));
     let (cg, cu) = (c.load_weight(&g).unwrap(), c.load_weight(&up).unwrap());
     let (vg, vu) = (v.load_weight(&g).unwrap(), v.load_weight(&up).unwrap());

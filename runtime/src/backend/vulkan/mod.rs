@@ -697,13 +697,7 @@ impl VulkanBackend {
         if let Some(b) = &rec.attn_counters {
             return Ok(b.buffer);
         }
-        let zeros = vec![0u8; 4 * COUNTERS];
-        let raw = RawBuf::new(
-            self.dev(),
-            zeros.len() as u64 + PAD,
-            memory::MemoryUse::GpuOnly,
-        )?;
-        rec.update(self.dev(), raw.buffer, 0, &zeros)?;
+        let raw = self.buffer_with(rec, &[0u8; 4 * COUNTERS])?;
         let b = raw.buffer;
         rec.attn_counters = Some(raw);
         Ok(b)
@@ -970,15 +964,21 @@ impl VulkanBackend {
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();
+        let raw = self.buffer_with(&mut rec, &bytes)?;
+        let b = raw.buffer;
+        rec.signs.insert((cols, seed), raw);
+        Ok(b)
+    }
+
+    /// A device-local buffer the recorder owns, holding `bytes` once the recorded update runs.
+    fn buffer_with(&self, rec: &mut Recorder, bytes: &[u8]) -> Result<RawBuf> {
         let raw = RawBuf::new(
             self.dev(),
             bytes.len() as u64 + PAD,
             memory::MemoryUse::GpuOnly,
         )?;
-        rec.update(self.dev(), raw.buffer, 0, &bytes)?;
-        let b = raw.buffer;
-        rec.signs.insert((cols, seed), raw);
-        Ok(b)
+        rec.update(self.dev(), raw.buffer, 0, bytes)?;
+        Ok(raw)
     }
 
     /// For a norm over one row of `d` whose output feeds the matvecs described by `hint`:
