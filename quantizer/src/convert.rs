@@ -29,6 +29,7 @@
 use crate::equalize;
 use crate::eval::{self, DEFAULT_EVAL_TOKENS};
 use crate::gptq::{gptq, output_error, GptqOptions};
+use crate::head;
 use crate::recipe::{self, Method, Recipe, TensorChoice};
 use crate::report::{self, CalibrationSummary, QualityReport, SizeSummary, TensorQuality};
 use crate::rotate::{rotate_hessian, rotate_weights};
@@ -72,7 +73,7 @@ pub struct ConvertArgs {
     /// The .mixq file to write (written as <OUT>.tmp, renamed when complete).
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
-    /// Recipe: optimal, int8, int4, or a path to a TOML recipe file.
+    /// Recipe: optimal, int8, int4, compact, or a path to a TOML recipe file.
     #[arg(long, default_value = "optimal")]
     pub recipe: String,
     /// Device profile that places tensors into sections: phoenix, gpu or cpu.
@@ -269,15 +270,36 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
     // ---- embedding (also the tied lm_head)
     let emb_name = "model.embed_tokens.weight";
     let emb = choice_of[emb_name];
-    let (emb_bytes, q) = quantize_table(&ckpt, emb, &bars, "embedding")?;
-    writer.write_tensor(emb_name, &emb_bytes)?;
-    quality.insert(emb_name.into(), q);
+    // A tied table fitted to the lm_head's input (src/head.rs) is written after the layers;
+    // until then the calibration stream starts from its int8 min/max form (a second or two,
+    // where a 4-bit search of the whole table takes a minute; the stream only needs values
+    // close to the table's).
+    let fit_head =
+        config.tie_word_embeddings && emb.qtype.is_quantized() && emb.method != Method::Rtn;
+    let stream = if fit_head {
+        TensorChoice {
+            qtype: QType::I8Asym,
+            method: Method::Rtn,
+            ..emb.clone()
+        }
+    } else {
+        emb.clone()
+    };
+    let (emb_bytes, q) = quantize_table(&ckpt, &stream, &bars, "embedding")?;
+    if !fit_head {
+        writer.write_tensor(emb_name, &emb_bytes)?;
+        quality.insert(emb_name.into(), q);
+    }
     let h = config.hidden_size;
-    let emb_rb = emb.qtype.row_bytes(h)?;
+    let emb_rb = stream.qtype.row_bytes(h)?;
     let mut calibrator = Calibrator::new(&be, &config, &calib, |id, out| {
         let id = id as usize;
-        dequantize_row(emb.qtype, &emb_bytes[id * emb_rb..(id + 1) * emb_rb], out)
-            .expect("row size checked");
+        dequantize_row(
+            stream.qtype,
+            &emb_bytes[id * emb_rb..(id + 1) * emb_rb],
+            out,
+        )
+        .expect("row size checked");
     });
     drop(emb_bytes);
 
@@ -423,6 +445,40 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
     }
     pass_bar.finish_and_clear();
     layer_bar.finish();
+
+    // ---- the tied embedding, fitted as the lm_head
+    if fit_head {
+        let t0 = Instant::now();
+        let norm_w = ckpt.tensor("model.norm.weight")?.to_f32();
+        let hm = head::head_hessian(&calibrator, &norm_w, config.rms_norm_eps);
+        let (rows, cols) = rows_cols(&emb.shape);
+        let bar = bars.bar(
+            rows as u64,
+            "lm_head fit",
+            "{msg:12} {bar:30} {pos}/{len} rows [{elapsed_precise} < {eta_precise}]",
+        );
+        let table = ckpt.tensor(emb_name)?;
+        let row = |r: usize| table.row_f32(r).map_err(anyhow::Error::from);
+        let (bytes, s) = head::fit_table(emb, rows, cols, row, &hm, opts, &bar)?;
+        bar.finish();
+        writer.write_tensor(emb_name, &bytes)?;
+        let out_rel = s.out_e / s.out_s.max(f64::MIN_POSITIVE);
+        let q = self::quality(
+            emb,
+            rows * cols,
+            s.se,
+            s.sw,
+            Some(out_rel),
+            emb.method.name(),
+        );
+        quality.insert(emb_name.into(), q);
+        bars.log(format!(
+            "embedding fitted as the tied lm_head ({}): {rows} rows in {:.1} s",
+            emb.method.name(),
+            t0.elapsed().as_secs_f64()
+        ));
+    }
+    drop(calibrator);
 
     // ---- the rest: final norm, an untied lm_head
     for c in &choices {

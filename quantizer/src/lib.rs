@@ -10,6 +10,7 @@ pub mod convert;
 pub mod equalize;
 pub mod eval;
 pub mod gptq;
+pub mod head;
 pub mod inspect;
 pub mod recipe;
 pub mod report;

@@ -83,13 +83,41 @@ fn int8_and_int4_conversions_keep_paris() {
 }
 
 #[test]
+fn compact_fits_the_tied_embedding_as_the_lm_head() {
+    let dir = tmpdir("compact");
+    let out = dir.join("compact.mixq");
+    let report = convert(&args(&out, "compact")).unwrap();
+    let emb = report
+        .tensors
+        .iter()
+        .find(|t| t.name == "model.embed_tokens.weight")
+        .unwrap();
+    // Fitted after the layers against the lm_head input's Hessian: GPTQ, with an output error.
+    assert_eq!(
+        (emb.qtype.as_str(), emb.method.as_str()),
+        ("I4_GROUPED32", "gptq")
+    );
+    let out_err = emb
+        .out_rel_err
+        .expect("the head fit measures its output error");
+    assert!(out_err > 0.0 && out_err < 0.05, "output error {out_err}");
+    assert!(emb.rel_rmse < 0.5);
+    let text = greedy(&out, "The capital of France is", 16);
+    assert!(
+        text.contains("Paris") || text.contains("France"),
+        "compact: greedy continuation {text:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bad_inputs_fail_clearly_and_leave_nothing() {
     let dir = tmpdir("bad");
     let out = dir.join("x.mixq");
     let err = |a: ConvertArgs| format!("{:#}", convert(&a).unwrap_err());
 
     let e = err(args(&out, "int3"));
-    assert!(e.contains("optimal, int8, int4"), "{e}");
+    assert!(e.contains("optimal, int8, int4, compact"), "{e}");
 
     let mut a = args(&out, "int8");
     a.checkpoint = dir.join("no-such-model");
