@@ -756,11 +756,7 @@ pub fn quantize_tensor(
         }
     };
     let deq = dequantize_rows(c.qtype, &bytes, rows, cols)?;
-    let (se, sw) = w
-        .par_iter()
-        .zip(&deq)
-        .map(|(&a, &b)| (((a - b) as f64).powi(2), (a as f64).powi(2)))
-        .reduce(|| (0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1));
+    let (se, sw) = error_sums(&w, &deq);
     let out_rel_err = h.as_ref().map(|hm| {
         let hf: Vec<f32> = hm.iter().map(|&v| v as f32).collect();
         let (e, s) = output_error(&w, &deq, rows, cols, &hf);
@@ -776,6 +772,14 @@ pub fn quantize_tensor(
         "none"
     };
     Ok((bytes, quality(c, rows * cols, se, sw, out_rel_err, method)))
+}
+
+/// (Σ (w − q)², Σ w²) over a tensor and its dequantized form: the relative RMSE's parts.
+pub(crate) fn error_sums(w: &[f32], deq: &[f32]) -> (f64, f64) {
+    w.par_iter()
+        .zip(deq)
+        .map(|(&a, &b)| (((a - b) as f64).powi(2), (a as f64).powi(2)))
+        .reduce(|| (0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1))
 }
 
 fn quality(

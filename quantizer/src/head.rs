@@ -14,6 +14,7 @@
 //! Until the layers are done, the calibration stream starts from an int8 min/max form of the
 //! table (convert.rs); only the written table is fitted.
 
+use crate::convert::error_sums;
 use crate::gptq::{gptq, output_error, GptqOptions};
 use crate::recipe::{Method, TensorChoice};
 use crate::search::{dequantize_rows, importance_from_mean_square, quantize_rows};
@@ -93,11 +94,7 @@ pub fn fit_table(
             _ => quantize_rows(c.qtype, &w, n, cols, Some(&importance))?,
         };
         let deq = dequantize_rows(c.qtype, &bytes, n, cols)?;
-        let (se, sw) = w
-            .par_iter()
-            .zip(&deq)
-            .map(|(&a, &b)| (((a - b) as f64).powi(2), (a as f64).powi(2)))
-            .reduce(|| (0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1));
+        let (se, sw) = error_sums(&w, &deq);
         let (oe, os) = output_error(&w, &deq, n, cols, &hf);
         sums.se += se;
         sums.sw += sw;
