@@ -10,14 +10,14 @@ compiled here with GGML_NATIVE=ON, plus gguf and numpy). Steps:
     (llama_model_quantize, through the binding) makes Q8_0, Q4_0 and Q2_K from the F16 file.
     The Q4_K_M download is measured too.
  2. mixq's models: `mixq-quantize convert MODEL --recipe R` for each recipe (int8, int4,
-    optimal), cached by recipe and converter binary under CACHE/mixq/ (--reconvert redoes them), plus the HF
+    compact, optimal), cached by recipe and converter binary under CACHE/mixq/ (--reconvert redoes them), plus the HF
     checkpoint itself (bf16, mixq's full-precision path).
  3. Every model is measured in its own process (so load time and peak RSS are its own):
     `mixq-run bench --json` for mixq; this script's --llama-worker mode for llama.cpp, which
     feeds exactly the prompt token ids mixq-run printed, then decodes greedily.
     One warm-up run, then --reps runs; medians (min..max in the JSON).
  4. One table (tokens/s, TTFT, sizes, load time, peak RSS) and the ratios mixq / llama.cpp for
-    int8 vs Q8_0, int4 vs Q4_0, optimal vs Q2_K and bf16 vs F16. Results also go to
+    int8 vs Q8_0, int4 and compact vs Q4_0, optimal vs Q2_K and bf16 vs F16. Results also go to
     CACHE/results-<time>.json.
 
 Timing is wall clock around forward passes and greedy sampling, as mixq-run bench does:
@@ -36,7 +36,8 @@ import time
 from pathlib import Path
 
 QUANTS = [("Q8_0", 7), ("Q4_0", 2), ("Q2_K", 10)]  # llama_ftype numbers (llama.h)
-PAIRS = [("int8", "Q8_0"), ("int4", "Q4_0"), ("optimal", "Q2_K"), ("bf16", "F16")]
+PAIRS = [("int8", "Q8_0"), ("int4", "Q4_0"), ("compact", "Q4_0"), ("optimal", "Q2_K"),
+         ("bf16", "F16")]
 
 
 def log(msg: str) -> None:
@@ -206,7 +207,7 @@ def main() -> None:
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--recipes", default="int8,int4,optimal")
+    ap.add_argument("--recipes", default="int8,int4,compact,optimal")
     ap.add_argument("--quants", default="F16,Q8_0,Q4_0,Q2_K,Q4_K_M",
                     help="llama.cpp models to measure (Q4_K_M = the downloaded GGUF)")
     ap.add_argument("--reconvert", action="store_true", help="convert the .mixq files again")
