@@ -70,12 +70,14 @@ const COOP_TILES: [(&str, u32, u32, u32, u32, u32); 4] = [
 ];
 
 /// Ops on f32 activations only.
-const F32_OPS: [&str; 14] = [
+const F32_OPS: [&str; 15] = [
     // f16 input of matmul_coop (per-token power-of-two scale) and its split-k sums.
     "quantize_x16_f32",
     "sum_splits_f32",
     "quantize_x_f32",
     "copy_f32",
+    // measure_sync_costs: a dependent dispatch vs a device-wide barrier in one dispatch.
+    "sync_probe_f32",
     "add_rms_norm_f32",
     "norm_rope_f32",
     "attention_combine_f32",

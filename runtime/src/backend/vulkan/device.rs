@@ -35,6 +35,9 @@ pub struct DeviceInfo {
     pub coop_prefill: bool,
     pub external_memory_host: bool,
     pub max_storage_buffer_range: u64,
+    /// Streaming multiprocessors, where the driver says (VK_NV_shader_sm_builtins): how many
+    /// workgroups are surely resident at once ([`super::VulkanBackend::measure_sync_costs`]).
+    pub multiprocessors: Option<u32>,
 }
 
 impl std::fmt::Display for DeviceInfo {
@@ -71,7 +74,11 @@ impl std::fmt::Display for DeviceInfo {
             } else {
                 "portable f32 tiles"
             }
-        )
+        )?;
+        if let Some(sm) = self.multiprocessors {
+            write!(f, ", {sm} SMs")?;
+        }
+        Ok(())
     }
 }
 
@@ -113,11 +120,18 @@ impl Instance {
         let inst = &self.instance;
         // SAFETY: `pd` comes from this instance; the chained structs live on this stack frame.
         unsafe {
+            let exts = device_extensions(inst, pd);
+            let has = |name: &CStr| exts.iter().any(|e| e.as_c_str() == name);
             let mut driver = vk::PhysicalDeviceDriverProperties::default();
             let mut subgroup = vk::PhysicalDeviceSubgroupProperties::default();
+            let mut sm = vk::PhysicalDeviceShaderSMBuiltinsPropertiesNV::default();
+            let sm_builtins = has(ash::nv::shader_sm_builtins::NAME);
             let mut props2 = vk::PhysicalDeviceProperties2::default()
                 .push_next(&mut driver)
                 .push_next(&mut subgroup);
+            if sm_builtins {
+                props2 = props2.push_next(&mut sm);
+            }
             inst.get_physical_device_properties2(pd, &mut props2);
             let props = props2.properties;
             let mut f12 = vk::PhysicalDeviceVulkan12Features::default();
@@ -128,8 +142,6 @@ impl Instance {
                 .iter()
                 .map(|h| (h.size, h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL)))
                 .collect();
-            let exts = device_extensions(inst, pd);
-            let has = |name: &CStr| exts.iter().any(|e| e.as_c_str() == name);
             let v = props.api_version;
             let nv_coop = has(ash::nv::cooperative_matrix::NAME);
             let coop_prefill = nv_coop
@@ -166,6 +178,8 @@ impl Instance {
                 coop_prefill,
                 external_memory_host: has(ash::ext::external_memory_host::NAME),
                 max_storage_buffer_range: props.limits.max_storage_buffer_range as u64,
+                multiprocessors: (sm_builtins && sm.shader_sm_count > 0)
+                    .then_some(sm.shader_sm_count),
             }
         }
     }

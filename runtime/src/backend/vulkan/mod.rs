@@ -103,6 +103,20 @@ impl Drop for VkBuf {
     }
 }
 
+/// What a dependent step costs ([`VulkanBackend::measure_sync_costs`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SyncCosts {
+    /// Seconds per tiny dispatch in a chain with a barrier between each.
+    pub dispatch: f64,
+    /// Seconds per device-wide barrier inside one dispatch of `groups` workgroups (one per
+    /// SM); `None` where the residency of that many is not known, or a workgroup gave up
+    /// waiting (the probe's spin is bounded).
+    pub grid_barrier: Option<f64>,
+    pub groups: u32,
+    /// "gpu timestamps" or "wall clock".
+    pub how: &'static str,
+}
+
 /// A weight resident on the device: its rows in one or more buffers (see memory.rs).
 pub struct VkWeight {
     qtype: QType,
@@ -590,6 +604,47 @@ impl VulkanBackend {
         let cap = (dev.limits.max_storage_buffer_range as u64 / 16) * 16;
         let size = ((bytes.max(16) as u64).div_ceil(16) * 16).min(cap);
         Ok(self.time_buffer_copy(size, reps, true)?.0)
+    }
+
+    /// What one dependent step costs on this device (shaders/README.md, "What a dependent
+    /// step costs"): the time per dispatch of `chain` tiny dispatches (4 workgroups of 256,
+    /// one add each) with a barrier between each, as every dependent decode command pays it;
+    /// and, where the driver says how many workgroups are surely resident at once (one per
+    /// SM: VK_NV_shader_sm_builtins), the time per device-wide barrier of `rounds` such
+    /// barriers inside one dispatch, as a persistent kernel would pay it instead.
+    pub fn measure_sync_costs(&self, chain: usize, rounds: usize) -> Result<SyncCosts> {
+        let dev = self.dev();
+        let buf = RawBuf::new(dev, 8 + 4096 + PAD, memory::MemoryUse::GpuOnly)?;
+        let b = buf.buffer;
+        let measured = (|| -> Result<SyncCosts> {
+            let mut rec = self.rec();
+            rec.update(dev, b, 0, &[0u8; 8 + 4096])?;
+            let (dispatch, how) = rec.time_commands(dev, chain, true, &mut |r| {
+                r.dispatch(dev, "sync_probe_f32", &[b], &[0, 0, 1024], (4, 1, 1))
+            })?;
+            let groups = dev.info.multiprocessors.unwrap_or(0);
+            let mut grid_barrier = None;
+            if groups > 0 {
+                let rounds = u(rounds.max(1));
+                let (secs, _) = rec.time_commands(dev, 1, true, &mut |r| {
+                    r.update(dev, b, 0, &[0u8; 8])?;
+                    r.dispatch(dev, "sync_probe_f32", &[b], &[1, rounds, 0], (groups, 1, 1))
+                })?;
+                let fail = rec.read(dev, &[(b, 4, 4)])?;
+                if fail == [0, 0, 0, 0] {
+                    grid_barrier = Some(secs / rounds as f64);
+                }
+            }
+            Ok(SyncCosts {
+                dispatch,
+                grid_barrier,
+                groups,
+                how,
+            })
+        })();
+        // SAFETY: every use above was waited for (time_commands and read submit and wait).
+        unsafe { buf.destroy(dev) };
+        measured
     }
 
     /// [`Self::measure_copy_bandwidth`] and how it was timed ("gpu timestamps" or "wall

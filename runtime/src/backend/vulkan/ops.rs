@@ -585,9 +585,8 @@ impl Recorder {
     }
 
     /// Seconds one `vkCmdCopyBuffer` of `size` bytes from `src` to `dst` takes, averaged over
-    /// `reps` copies in one command buffer (after one unmeasured warm-up copy): GPU timestamps
-    /// around the copies when the queue has them, else the wall clock around submit + wait.
-    /// Returns (seconds per copy, "gpu timestamps" | "wall clock").
+    /// `reps` copies in one command buffer (after one unmeasured warm-up copy): see
+    /// [`Self::time_commands`]. Returns (seconds per copy, "gpu timestamps" | "wall clock").
     pub fn time_copies(
         &mut self,
         dev: &Device,
@@ -597,7 +596,6 @@ impl Recorder {
         reps: usize,
         via_shader: bool,
     ) -> Result<(f64, &'static str)> {
-        self.submit_wait(dev)?;
         let region = [vk::BufferCopy {
             src_offset: 0,
             dst_offset: 0,
@@ -607,13 +605,28 @@ impl Recorder {
         // invocation (size must then be a multiple of 16).
         let n = (size / 16) as u32;
         let groups = grid(n.div_ceil(1024).clamp(1, 16384));
-        let one = |rec: &mut Self| -> Result<()> {
+        self.time_commands(dev, reps, !via_shader, &mut |rec| {
             if via_shader {
                 rec.dispatch(dev, "copy_f32", &[src, dst], &[n], groups)
             } else {
                 rec.copy(dev, src, dst, &region)
             }
-        };
+        })
+    }
+
+    /// Seconds the commands `one` records take, averaged over `reps` calls in one command
+    /// buffer after one unmeasured warm-up call: GPU timestamps around the calls when the
+    /// queue has them, else the wall clock around submit + wait (which then includes the
+    /// submission latency). `transfer`: `one` starts with a copy or update. Returns (seconds
+    /// per call, "gpu timestamps" | "wall clock").
+    pub fn time_commands(
+        &mut self,
+        dev: &Device,
+        reps: usize,
+        transfer: bool,
+        one: &mut dyn FnMut(&mut Self) -> Result<()>,
+    ) -> Result<(f64, &'static str)> {
+        self.submit_wait(dev)?;
         one(self)?;
         self.submit_wait(dev)?;
         let profiling = self.profiler.as_ref().is_some_and(|p| p.enabled);
@@ -621,8 +634,8 @@ impl Recorder {
             p.enabled = false;
         }
         let pool = self.profiler.as_ref().map(|p| (p.pool, p.period_ns));
-        // Begins the command buffer (the copies below each get their barrier).
-        self.next_command(dev, !via_shader)?;
+        // Begins the command buffer (the commands below each get their barrier).
+        self.next_command(dev, transfer)?;
         let d = &dev.device;
         if let Some((qp, _)) = pool {
             // SAFETY: recording; queries 0 and 1 are reset before they are written.
@@ -631,9 +644,16 @@ impl Recorder {
                 d.cmd_write_timestamp(self.cmd, vk::PipelineStageFlags::TOP_OF_PIPE, qp, 0);
             }
         }
-        for _ in 0..reps {
-            one(self)?;
+        // A long chain must not be cut into submissions: the timestamps share one buffer.
+        let flush = std::mem::replace(&mut self.flush_every, 0);
+        let mut recorded = Ok(());
+        for _ in 0..reps.max(1) {
+            recorded = one(self);
+            if recorded.is_err() {
+                break;
+            }
         }
+        self.flush_every = flush;
         if let Some((qp, _)) = pool {
             // SAFETY: as above.
             unsafe {
@@ -641,11 +661,13 @@ impl Recorder {
             };
         }
         let t0 = std::time::Instant::now();
-        self.submit_wait(dev)?;
+        let waited = self.submit_wait(dev);
         let wall = t0.elapsed().as_secs_f64();
         if let Some(p) = self.profiler.as_mut() {
             p.enabled = profiling;
         }
+        recorded?;
+        waited?;
         let reps = reps.max(1) as f64;
         match pool {
             Some((qp, period_ns)) => {
