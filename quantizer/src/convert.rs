@@ -285,9 +285,10 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
     } else {
         emb.clone()
     };
-    let (emb_bytes, q) = quantize_table(&ckpt, &stream, &bars, "embedding")?;
+    let (emb_bytes, mut q) = quantize_table(&ckpt, &stream, &bars, "embedding")?;
     if !fit_head {
         writer.write_tensor(emb_name, &emb_bytes)?;
+        q.section = section_of[emb_name].to_string();
         quality.insert(emb_name.into(), q);
     }
     let h = config.hidden_size;
@@ -463,7 +464,7 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
         bar.finish();
         writer.write_tensor(emb_name, &bytes)?;
         let out_rel = s.out_e / s.out_s.max(f64::MIN_POSITIVE);
-        let q = self::quality(
+        let mut q = self::quality(
             emb,
             rows * cols,
             s.se,
@@ -471,6 +472,7 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
             Some(out_rel),
             emb.method.name(),
         );
+        q.section = section_of[emb_name].to_string();
         quality.insert(emb_name.into(), q);
         bars.log(format!(
             "embedding fitted as the tied lm_head ({}): {rows} rows in {:.1} s",
