@@ -11,6 +11,8 @@ pub struct SharedBytes {
     owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
     start: usize,
     len: usize,
+    /// The owner is a memory map (whole pages of a file), not a heap buffer.
+    mapped: bool,
 }
 
 struct MmapOwner(Mmap);
@@ -27,6 +29,7 @@ impl SharedBytes {
             owner: Arc::new(v),
             start: 0,
             len,
+            mapped: false,
         }
     }
 
@@ -37,6 +40,7 @@ impl SharedBytes {
             owner: Arc::new(MmapOwner(map)),
             start: 0,
             len,
+            mapped: true,
         }
     }
 
@@ -49,7 +53,15 @@ impl SharedBytes {
             owner: self.owner.clone(),
             start: self.start + range.start,
             len: range.end - range.start,
+            mapped: self.mapped,
         })
+    }
+
+    /// For bytes of a memory map: the whole mapping and where these bytes start in it (a GPU
+    /// backend can import the mapping's pages instead of copying them). `None` for owned
+    /// buffers, whose neighbouring bytes are not ours to import.
+    pub fn mapping(&self) -> Option<(&[u8], usize)> {
+        self.mapped.then(|| ((*self.owner).as_ref(), self.start))
     }
 }
 
@@ -80,5 +92,6 @@ mod tests {
         #[allow(clippy::reversed_empty_ranges)]
         let bad = s.slice(3..2);
         assert!(bad.is_none());
+        assert!(s.mapping().is_none(), "a Vec is not a mapping");
     }
 }

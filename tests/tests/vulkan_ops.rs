@@ -160,6 +160,58 @@ fn matmul_every_weight_format_decode_and_prefill() {
     }
 }
 
+/// Weights whose stored rows are already the device layout, given as bytes of a memory-mapped
+/// file, are read in place on UMA devices (VK_EXT_external_memory_host; lavapipe counts as
+/// one): the matvec gives bit for bit what the same weight copied from a Vec gives. The
+/// tensor sits mid-page (256-aligned, as in a .mixq section) so the import covers the pages
+/// around it.
+#[test]
+fn weights_read_in_place_from_a_memory_map() {
+    let v = vk();
+    let (rows, cols) = (300, 640);
+    let dir = std::env::temp_dir().join(format!("mixq-vk-import-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for q in [QType::I4Grouped32, QType::I8Asym, QType::BF16] {
+        let owned = weight(q, rows, cols, 7);
+        let at = 65536 + 256;
+        let mut file = vec![0xA5u8; at];
+        file.extend_from_slice(&owned.bytes);
+        file.extend_from_slice(&[0x5Au8; 100]);
+        let path = dir.join(format!("{}.bin", q.name()));
+        std::fs::write(&path, &file).unwrap();
+        // SAFETY: the file is ours and nobody modifies it while mapped.
+        let map = unsafe { memmap2::Mmap::map(&std::fs::File::open(&path).unwrap()) }.unwrap();
+        let mut mapped = weight(q, rows, cols, 7);
+        mapped.bytes = SharedBytes::from_mmap(map)
+            .slice(at..at + owned.bytes.len())
+            .unwrap();
+        assert_eq!(&*mapped.bytes, &*owned.bytes);
+        let (wo, wm) = (
+            v.load_weight(&owned).unwrap(),
+            v.load_weight(&mapped).unwrap(),
+        );
+        let x = rand_vec(cols, 11);
+        let mut xb = v.alloc(cols);
+        v.upload(&x, &mut xb);
+        let (mut oo, mut om) = (v.alloc(rows), v.alloc(rows));
+        v.matmul(&wo, &xb, 1, &mut oo);
+        v.matmul(&wm, &xb, 1, &mut om);
+        assert_eq!(
+            v.download(&om, rows),
+            v.download(&oo, rows),
+            "{}: in place vs copied",
+            q.name()
+        );
+    }
+    let info = v.device_info();
+    let uma = matches!(info.device_type, "integrated" | "cpu");
+    if info.external_memory_host && uma {
+        let d = v.describe();
+        assert!(d.contains("read in place"), "{d}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Prefill on the tensor cores (matmul_coop.comp) against the CPU's exact matmul: every weight
 /// format, every tile shape, token and row counts that leave partial tiles, a token of zeros,
 /// tokens whose values overflow f16 unscaled (quantize_x16_f32's per-token scale), and a

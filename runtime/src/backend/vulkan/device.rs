@@ -281,6 +281,8 @@ pub struct Device {
     /// VK_EXT_external_memory_host is enabled (weights may be imported from host memory).
     pub host_import: bool,
     pub min_import_alignment: u64,
+    /// VK_EXT_external_memory_host's functions, where enabled.
+    pub host_memory: Option<ash::ext::external_memory_host::Device>,
     /// Valid bits of the compute queue's timestamps (0: no timestamps on this queue).
     pub timestamp_bits: u32,
     /// `shaderStorageBufferArrayDynamicIndexing` is enabled: shaders may index arrays of
@@ -413,6 +415,9 @@ impl Device {
                 coop,
                 host_import: info.external_memory_host,
                 min_import_alignment: host_props.min_imported_host_pointer_alignment.max(1),
+                host_memory: info
+                    .external_memory_host
+                    .then(|| ash::ext::external_memory_host::Device::new(ii, &device)),
                 info,
                 device,
                 queue,

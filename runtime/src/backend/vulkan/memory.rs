@@ -14,6 +14,7 @@
 use super::device::Device;
 use anyhow::{anyhow, bail, Context, Result};
 use ash::vk;
+use mixq_format::SharedBytes;
 use std::collections::HashMap;
 
 /// Largest weight block (one vkAllocateMemory).
@@ -217,6 +218,11 @@ pub struct Arena {
     pub bytes: u64,
     /// Weights were written straight into host-visible device-local memory (UMA).
     pub direct_write: bool,
+    /// Host memory imported with VK_EXT_external_memory_host, and the owner of those pages
+    /// (the file's memory map), kept alive as long as the import.
+    imports: Vec<(vk::DeviceMemory, SharedBytes)>,
+    /// Weight bytes read in place from imported pages (no copy).
+    pub imported_bytes: u64,
 }
 
 // SAFETY: the mapped pointers belong to the arena's own allocations, written under its mutex.
@@ -238,6 +244,8 @@ impl Arena {
             block_size: WEIGHT_BLOCK.min(smallest_local / 4).max(16 << 20),
             bytes: 0,
             direct_write: false,
+            imports: Vec::new(),
+            imported_bytes: 0,
         }
     }
 
@@ -297,11 +305,101 @@ impl Arena {
         }
     }
 
+    /// A weight buffer over `bytes` of a memory-mapped file, read by the device in place
+    /// (VK_EXT_external_memory_host): the pages around `bytes` plus [`PAD`] are imported and the
+    /// buffer bound at `bytes`' offset in them. Only where the import lands in device-local
+    /// memory (UMA: the iGPU reads system memory anyway; on a discrete GPU imported pages sit
+    /// behind PCIe) and the alignments work out; `Ok(None)` otherwise, or when the driver
+    /// refuses the pages (the caller copies instead).
+    pub fn import(&mut self, dev: &Device, bytes: &SharedBytes) -> Result<Option<vk::Buffer>> {
+        let (Some(ext), Some((map, start))) = (&dev.host_memory, bytes.mapping()) else {
+            return Ok(None);
+        };
+        let align = dev.min_import_alignment.max(4096) as usize;
+        let base = map.as_ptr() as usize;
+        // The mapping covers whole pages; the import may not reach past them.
+        let map_end = base + map.len().div_ceil(4096) * 4096;
+        let first = base + start;
+        let lo = first / align * align;
+        let hi = (first + bytes.len() + PAD as usize).div_ceil(align) * align;
+        if lo < base || hi > map_end {
+            return Ok(None);
+        }
+        let d = &dev.device;
+        let handle = vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT;
+        // SAFETY: [lo, hi) lies inside the live mapping `bytes` shares, which the arena keeps
+        // (a clone of `bytes`) as long as the memory; everything made is freed on failure.
+        unsafe {
+            let mut props = vk::MemoryHostPointerPropertiesEXT::default();
+            let got = (ext.fp().get_memory_host_pointer_properties_ext)(
+                ext.device(),
+                handle,
+                lo as *const std::ffi::c_void,
+                &mut props,
+            );
+            if got != vk::Result::SUCCESS {
+                return Ok(None);
+            }
+            let mut external = vk::ExternalMemoryBufferCreateInfo::default().handle_types(handle);
+            let buffer = d
+                .create_buffer(
+                    &vk::BufferCreateInfo::default()
+                        .size(bytes.len() as u64 + PAD)
+                        .usage(USAGE)
+                        .push_next(&mut external),
+                    None,
+                )
+                .context("vkCreateBuffer (imported weight)")?;
+            let req = d.get_buffer_memory_requirements(buffer);
+            let offset = (first - lo) as u64;
+            let m = &dev.memory;
+            let ty = (0..m.memory_type_count).find(|&i| {
+                req.memory_type_bits & props.memory_type_bits & (1 << i) != 0
+                    && m.memory_types[i as usize]
+                        .property_flags
+                        .contains(vk::MemoryPropertyFlags::DEVICE_LOCAL)
+            });
+            let Some(ty) = ty.filter(|_| offset.is_multiple_of(req.alignment.max(1))) else {
+                d.destroy_buffer(buffer, None);
+                return Ok(None);
+            };
+            let mut import = vk::ImportMemoryHostPointerInfoEXT::default()
+                .handle_type(handle)
+                .host_pointer(lo as *mut _);
+            let memory = match d.allocate_memory(
+                &vk::MemoryAllocateInfo::default()
+                    .allocation_size((hi - lo) as u64)
+                    .memory_type_index(ty)
+                    .push_next(&mut import),
+                None,
+            ) {
+                Ok(m) => m,
+                Err(_) => {
+                    d.destroy_buffer(buffer, None);
+                    return Ok(None);
+                }
+            };
+            if d.bind_buffer_memory(buffer, memory, offset).is_err() {
+                d.destroy_buffer(buffer, None);
+                d.free_memory(memory, None);
+                return Ok(None);
+            }
+            self.buffers.push(buffer);
+            self.imports.push((memory, bytes.clone()));
+            self.imported_bytes += bytes.len() as u64;
+            Ok(Some(buffer))
+        }
+    }
+
     /// # Safety
     /// No command may be pending and no weight buffer may be used afterwards.
     pub unsafe fn destroy(&mut self, dev: &Device) {
         for b in self.buffers.drain(..) {
             dev.device.destroy_buffer(b, None);
+        }
+        // The imported pages' owners (memory maps) drop after their memory objects.
+        for (m, _owner) in self.imports.drain(..) {
+            dev.device.free_memory(m, None);
         }
         for (m, _, _) in self.blocks.drain(..) {
             dev.device.free_memory(m, None);

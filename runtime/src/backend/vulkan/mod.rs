@@ -234,6 +234,12 @@ impl DeviceRows {
         }
     }
 
+    /// Stored rows are already the device image (no padding to add): the device can read the
+    /// file's bytes as they are.
+    fn same_as_stored(&self) -> bool {
+        self.stride == self.row_bytes && self.codes_at == self.params
+    }
+
     /// The device image of whole stored rows (zero padding).
     fn repack(&self, rows: &[u8]) -> Vec<u8> {
         let n = rows.len() / self.row_bytes;
@@ -577,9 +583,11 @@ impl VulkanBackend {
     }
 
     /// Bytes of all weights resident on the device (every tensor's stored rows as placed in
-    /// the weight arena, alignment padding included; norm vectors decoded to f32 not counted).
+    /// the weight arena, alignment padding included, or read in place from the file's memory
+    /// map; norm vectors decoded to f32 not counted).
     pub fn weight_bytes(&self) -> u64 {
-        self.shared.arena.lock().unwrap().bytes
+        let arena = self.shared.arena.lock().unwrap();
+        arena.bytes + arena.imported_bytes
     }
 
     /// Device copy bandwidth in bytes/s: one device-local buffer of `bytes` copied to another
@@ -781,6 +789,17 @@ impl VulkanBackend {
         &self.shared.dev
     }
 
+    /// Whether weights stored in their device layout are read in place from the file's memory
+    /// map (VK_EXT_external_memory_host) instead of copied: on UMA devices (integrated GPUs,
+    /// CPU drivers), where a copy would be a second copy of the weights in the same RAM; unless
+    /// `MIXQ_VK_IMPORT=0`.
+    fn import_weights(&self) -> bool {
+        let info = &self.dev().info;
+        info.external_memory_host
+            && matches!(info.device_type, "integrated" | "cpu")
+            && std::env::var("MIXQ_VK_IMPORT").map_or(true, |v| v != "0")
+    }
+
     fn try_alloc(&self, len: usize) -> Result<VkBuf> {
         let raw = self
             .shared
@@ -857,7 +876,24 @@ impl VulkanBackend {
         let layout = DeviceRows::new(w.qtype, w.cols, row_bytes);
         let mut chunks = Vec::new();
         for (row0, rows) in split_rows(w.rows, layout.stride, self.shared.max_binding)? {
-            let bytes = &w.bytes[row0 * row_bytes..(row0 + rows) * row_bytes];
+            let range = row0 * row_bytes..(row0 + rows) * row_bytes;
+            if layout.same_as_stored() && self.import_weights() {
+                let part = w
+                    .bytes
+                    .slice(range.clone())
+                    .expect("rows inside the tensor");
+                let imported = self
+                    .shared
+                    .arena
+                    .lock()
+                    .unwrap()
+                    .import(self.dev(), &part)?;
+                if let Some(buffer) = imported {
+                    chunks.push(WeightChunk { buffer, row0, rows });
+                    continue;
+                }
+            }
+            let bytes = &w.bytes[range];
             let packed = layout.repack(bytes);
             let size = packed.len() as u64 + PAD;
             let (buffer, mapped) = self.shared.arena.lock().unwrap().place(self.dev(), size)?;
@@ -1993,10 +2029,17 @@ impl Backend for VulkanBackend {
     fn describe(&self) -> String {
         let info = &self.shared.dev.info;
         let arena = self.shared.arena.lock().unwrap();
-        let import = if info.external_memory_host {
-            "VK_EXT_external_memory_host available, not used yet"
+        let import = if arena.imported_bytes > 0 {
+            format!(
+                "{:.1} MiB read in place from the file's memory map (VK_EXT_external_memory_host)",
+                arena.imported_bytes as f64 / (1u64 << 20) as f64
+            )
+        } else if info.external_memory_host && self.import_weights() {
+            "VK_EXT_external_memory_host available, no weight imported".into()
+        } else if info.external_memory_host {
+            "VK_EXT_external_memory_host not used (discrete memory, or MIXQ_VK_IMPORT=0)".into()
         } else {
-            "no VK_EXT_external_memory_host"
+            "no VK_EXT_external_memory_host".into()
         };
         let prefill = if self.coop_matmul() {
             "tensor cores (VK_NV_cooperative_matrix, f16 x f16 -> f32)"
