@@ -6,6 +6,12 @@
 //!   and a tensor larger than one storage-buffer binding is split by rows into several
 //!   buffers ([`split_rows`]): lavapipe and many iGPUs bind at most 128 MiB, and Gemma's
 //!   262144 x 640 embedding is 335 MB in bf16.
+//! - On UMA devices a tensor whose stored rows are already the device layout is not copied at
+//!   all: the pages of the file's memory map around it are imported
+//!   (VK_EXT_external_memory_host, [`Arena::import`]) and the buffer bound at its offset, so a
+//!   laptop holds one copy of those weights, in the page cache. .mixq sections are 64 KiB
+//!   aligned and tensors 256-aligned for this (formats/SPEC.md). Rows that need padding
+//!   (I2_STRUCTURED at 5376 columns, I4_GROUPED at 640) are copied.
 //! - Activations come from a pool keyed by size class (powers of two): the model allocates its
 //!   scratch per forward call, so after the first token every `alloc` is a free-list pop.
 //!   Reusing a buffer inside a command buffer is safe because every command is separated by a
