@@ -285,27 +285,42 @@ fn matmul_coop_prefill() {
     let n = 37;
     let x = rand_vec(n * cols, 77);
     let (cx, vx) = bufs(&c, &v, &x);
-    let (mut co, mut vo) = (c.alloc(n * rows), v.alloc(n * rows));
-    let (mut co2, mut vo2) = (c.alloc(n * rows), v.alloc(n * rows));
+    let (dispatches, [gate, up]) =
+        gate_up_pair(&c, &v, [(&cg, &vg), (&cu, &vu)], &cx, &vx, n, rows);
+    assert_eq!(dispatches, 4, "rotation + f16 input once, then gate and up");
+    check("coop rotated gate", &gate.1, &gate.0, NMSE_F16);
+    check("coop rotated up", &up.1, &up.0, NMSE_F16);
+}
+
+/// One output as the CPU and the device computed it.
+type CpuAndDevice = (Vec<f32>, Vec<f32>);
+
+/// Gate then up of one input on both backends, as a layer runs them: the device dispatches the
+/// pair took, and (CPU, device) outputs of each.
+fn gate_up_pair(
+    c: &CpuBackend,
+    v: &VulkanBackend,
+    ws: [(
+        &<CpuBackend as Backend>::Weight,
+        &<VulkanBackend as Backend>::Weight,
+    ); 2],
+    cx: &<CpuBackend as Backend>::Buf,
+    vx: &<VulkanBackend as Backend>::Buf,
+    n: usize,
+    rows: usize,
+) -> (u64, [CpuAndDevice; 2]) {
     let (_, d0, _) = v.counters();
-    c.matmul(&cg, &cx, n, &mut co);
-    v.matmul(&vg, &vx, n, &mut vo);
-    c.matmul(&cu, &cx, n, &mut co2);
-    v.matmul(&vu, &vx, n, &mut vo2);
+    let outs = ws.map(|(cw, vw)| {
+        let (mut co, mut vo) = (c.alloc(n * rows), v.alloc(n * rows));
+        c.matmul(cw, cx, n, &mut co);
+        v.matmul(vw, vx, n, &mut vo);
+        (co, vo)
+    });
     let (_, d1, _) = v.counters();
-    assert_eq!(d1 - d0, 4, "rotation + f16 input once, then gate and up");
-    check(
-        "coop rotated gate",
-        &v.download(&vo, n * rows),
-        &co,
-        NMSE_F16,
-    );
-    check(
-        "coop rotated up",
-        &v.download(&vo2, n * rows),
-        &co2,
-        NMSE_F16,
-    );
+    (
+        d1 - d0,
+        outs.map(|(co, vo)| (co, v.download(&vo, n * rows))),
+    )
 }
 
 /// Tensors stored as W·H (Transform::BlockHadamard): the GPU rotates the input (hadamard_f32)
@@ -332,18 +347,13 @@ fn matmul_hadamard_rotated_inputs() {
                     .map(|a| a * 30.0)
                     .collect();
                 let (mut cx, mut vx) = bufs(&c, &v, &x);
-                let (mut co, mut vo) = (c.alloc(n * rows), v.alloc(n * rows));
-                let (mut co2, mut vo2) = (c.alloc(n * rows), v.alloc(n * rows));
                 let what = format!("rotated {} block={block} n={n}", q.name());
-                let (_, d0, _) = v.counters();
-                c.matmul(&cg, &cx, n, &mut co);
-                v.matmul(&vg, &vx, n, &mut vo);
-                c.matmul(&cu, &cx, n, &mut co2);
-                v.matmul(&vu, &vx, n, &mut vo2);
-                let (_, d1, _) = v.counters();
-                assert_eq!(d1 - d0, 3, "{what}: one rotation for gate and up");
-                check(&what, &v.download(&vo, n * rows), &co, NMSE_F32);
-                check(&what, &v.download(&vo2, n * rows), &co2, NMSE_F32);
+                let (dispatches, [gate, up]) =
+                    gate_up_pair(&c, &v, [(&cg, &vg), (&cu, &vu)], &cx, &vx, n, rows);
+                assert_eq!(dispatches, 3, "{what}: one rotation for gate and up");
+                check(&what, &gate.1, &gate.0, NMSE_F32);
+                check(&what, &up.1, &up.0, NMSE_F32);
+                let (mut co2, mut vo2) = (c.alloc(n * rows), v.alloc(n * rows));
                 // The input changes: the cached rotation must not be reused.
                 let y = rand_vec(n * cols, 500 + n as u64);
                 let (cy, vy) = bufs(&c, &v, &y);

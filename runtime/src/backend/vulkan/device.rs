@@ -278,10 +278,9 @@ pub struct Device {
     pub queue_family: u32,
     pub memory: vk::PhysicalDeviceMemoryProperties,
     pub limits: vk::PhysicalDeviceLimits,
-    /// VK_EXT_external_memory_host is enabled (weights may be imported from host memory).
-    pub host_import: bool,
     pub min_import_alignment: u64,
-    /// VK_EXT_external_memory_host's functions, where enabled.
+    /// VK_EXT_external_memory_host's functions, where the extension is enabled (weights may
+    /// then be imported from host memory: memory.rs `Arena::import`).
     pub host_memory: Option<ash::ext::external_memory_host::Device>,
     /// Valid bits of the compute queue's timestamps (0: no timestamps on this queue).
     pub timestamp_bits: u32,
@@ -413,7 +412,6 @@ impl Device {
                 buffer_array_indexing,
                 int_dot,
                 coop,
-                host_import: info.external_memory_host,
                 min_import_alignment: host_props.min_imported_host_pointer_alignment.max(1),
                 host_memory: info
                     .external_memory_host

@@ -469,6 +469,20 @@ fn norm_shape(d: usize) -> Result<[u32; 2]> {
     }
 }
 
+/// The push constants matmul.comp and matmul_coop.comp share, in their order: the chunk's
+/// rows, cols, row stride, first row, the weight's rows, tokens, codes offset.
+fn tile_push(w: &VkWeight, c: &WeightChunk, n: usize) -> [u32; 7] {
+    [
+        u(c.rows),
+        u(w.cols),
+        u(w.stride),
+        u(c.row0),
+        u(w.rows),
+        u(n),
+        u(w.codes_at),
+    ]
+}
+
 fn f(v: f32) -> u32 {
     v.to_bits()
 }
@@ -627,7 +641,7 @@ impl VulkanBackend {
         let measured = (|| -> Result<SyncCosts> {
             let mut rec = self.rec();
             rec.update(dev, b, 0, &[0u8; 8 + 4096])?;
-            let (dispatch, how) = rec.time_commands(dev, chain, true, &mut |r| {
+            let (dispatch, how) = rec.time_commands(dev, chain, false, &mut |r| {
                 r.dispatch(dev, "sync_probe_f32", &[b], &[0, 0, 1024], (4, 1, 1))
             })?;
             let groups = dev.info.multiprocessors.unwrap_or(0);
@@ -1160,15 +1174,7 @@ impl VulkanBackend {
                     self.dev(),
                     variant("matmul", w.qtype),
                     &[c.buffer, xb, out.buffer()],
-                    &[
-                        u(c.rows),
-                        u(w.cols),
-                        u(w.stride),
-                        u(c.row0),
-                        u(w.rows),
-                        u(n),
-                        u(w.codes_at),
-                    ],
+                    &tile_push(w, c, n),
                     (u(c.rows.div_ceil(64)), u(n.div_ceil(64)), 1),
                 )?;
             }
@@ -1253,17 +1259,7 @@ impl VulkanBackend {
                 self.dev(),
                 coop_variant(w.qtype, tile),
                 &[c.buffer, xb, dst],
-                &[
-                    u(c.rows),
-                    u(w.cols),
-                    u(w.stride),
-                    u(c.row0),
-                    u(w.rows),
-                    u(n),
-                    u(w.codes_at),
-                    u(h_at),
-                    u(kchunk),
-                ],
+                &[tile_push(w, c, n).as_slice(), &[u(h_at), u(kchunk)]].concat(),
                 (u(groups.0), u(groups.1), u(splits)),
             )?;
             if let Some(part) = part {
