@@ -14,7 +14,8 @@ Run with the golden venv (`make golden-env`):
       --exp 'all:4:64:gptq' --exp 'all:4:32:gptq' --exp 'down_proj:4:64:gptq'
 An experiment is CLASSES:BITS:GROUP:METHOD; CLASSES is `all` or a comma list of q_proj,
 k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (the others stay full precision);
-METHOD is rtn (min/max), gptq (damp 0.1, group grid fitted when the group starts), gptq_ao
+METHOD is rtn (min/max), gptq (damp 0.1, group grid fitted when the group starts), gptqls
+(gptq, then every row's group grid refitted by least squares with the codes fixed), gptq_ao
 (act-order with static groups), or rot128 (block-Hadamard rotation, then gptq).
 --search fits every group's (scale, min) by a clipping grid weighted by diag(H).
 """
@@ -63,9 +64,12 @@ def rtn(W, bits, g, search):
     return out
 
 
-def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128):
+def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128, refit=False):
     """Frantar et al.; the group grid is fitted on the error-compensated weights when the group
-    starts (static groups from the original weights under act-order)."""
+    starts (static groups from the original weights under act-order). refit: afterwards, with
+    the codes fixed, every row's (scale, min) pairs are refitted jointly by least squares
+    against the damped Hessian (exact: the dequantized row is linear in them)."""
+    W0 = W.double()
     W = W.double().clone()
     H = H.clone()
     C = W.shape[1]
@@ -80,6 +84,7 @@ def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128):
         W, H = W[:, perm], H[perm][:, perm]
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     Q = torch.zeros_like(W)
+    codes = torch.zeros_like(W)
     s = mn = None
     for i1 in range(0, C, block):
         i2 = min(i1 + block, C)
@@ -94,13 +99,53 @@ def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128):
             w = W1[:, i : i + 1]
             q = fq(w, s, mn, bits)
             Q[:, col : col + 1] = q
+            codes[:, col : col + 1] = torch.round((q - mn) / s)
             e = (w - q) / U[col, col]
             W1[:, i:] -= e @ U[col : col + 1, col:i2]
             E1[:, i : i + 1] = e
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
     if actorder:
         Q = Q[:, torch.argsort(perm)]
+    if refit and not actorder:
+        Q = refit_grid(W0, H, codes, Q, g)
     return Q.float()
+
+
+def refit_grid(W, H, codes, Q, g, chunk=8):
+    """min over (s, m) per group of (w - q)^T H (w - q), q_k = s_g c_k + m_g, row by row:
+    normal equations of 2G unknowns (block sums of H weighted by the codes), a small ridge
+    towards the GPTQ grid so constant-code groups stay determined."""
+    R, C = W.shape
+    G = C // g
+    Hw = W @ H  # (R, C): H symmetric
+    S11 = H.reshape(G, g, G, g).sum((1, 3))
+    out = torch.empty_like(Q)
+    for r0 in range(0, R, chunk):
+        c = codes[r0 : r0 + chunk]
+        n = c.shape[0]
+        Hc = c @ H  # (n, C)
+        Scc = ((c[:, :, None] * H[None]) * c[:, None, :]).reshape(n, G, g, G, g).sum((2, 4))
+        Sc1 = (c[:, :, None] * H[None]).reshape(n, G, g, G, g).sum((2, 4))  # c on the left
+        A = torch.zeros(n, 2 * G, 2 * G, dtype=H.dtype)
+        A[:, :G, :G] = Scc
+        A[:, :G, G:] = Sc1
+        A[:, G:, :G] = Sc1.transpose(1, 2)
+        A[:, G:, G:] = S11
+        b = torch.cat([(c * Hw[r0 : r0 + n]).reshape(n, G, g).sum(2), Hw[r0 : r0 + n].reshape(n, G, g).sum(2)], 1)
+        # the GPTQ grid, recovered from the codes: q = s c + m
+        q = Q[r0 : r0 + n].reshape(n, G, g)
+        cc = c.reshape(n, G, g)
+        cmax, cmin = cc.max(2).values, cc.min(2).values
+        span = (cmax - cmin).clamp_min(1)
+        s0 = (q.gather(2, cc.argmax(2, keepdim=True)).squeeze(2) - q.gather(2, cc.argmin(2, keepdim=True)).squeeze(2)) / span
+        m0 = q.gather(2, cc.argmin(2, keepdim=True)).squeeze(2) - s0 * cmin
+        p0 = torch.cat([s0, m0], 1)
+        lam = 1e-6 * torch.diagonal(A, dim1=1, dim2=2).mean(1)[:, None, None]
+        I = torch.eye(2 * G, dtype=H.dtype)[None]
+        p = torch.linalg.solve(A + lam * I, b[:, :, None] + lam * p0[:, :, None]).squeeze(2)
+        sN, mN = p[:, :G], p[:, G:]
+        out[r0 : r0 + n] = (cc * sN[:, :, None] + mN[:, :, None]).reshape(n, C)
+    return out
 
 
 def hadamard(n):
@@ -174,6 +219,8 @@ def main():
                     Q = rtn(W, bits, g, a.search)
                 elif method == "gptq":
                     Q = gptq(W, H[n], bits, g, a.search)
+                elif method == "gptqls":
+                    Q = gptq(W, H[n], bits, g, a.search, refit=True)
                 elif method == "gptq_ao":
                     Q = gptq(W, H[n], bits, g, a.search, actorder=True)
                 elif method.startswith("rot"):

@@ -65,6 +65,9 @@ impl ModelArgs {
     /// The Vulkan backend on device `index`, with the Vulkan flags applied.
     pub fn vulkan_backend(&self, index: Option<usize>) -> Result<VulkanBackend> {
         let be = VulkanBackend::new(index)?;
+        if std::env::var("MIXQ_VK_BARRIER").is_ok_and(|v| v == "none") {
+            eprintln!("warning: MIXQ_VK_BARRIER=none: no barriers between GPU commands; the output is wrong, only the timing is meant (a bound for hiding dependencies)");
+        }
         be.set_coop_matmul(!self.vk_portable_prefill);
         Ok(be)
     }

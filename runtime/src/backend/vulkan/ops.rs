@@ -104,6 +104,10 @@ pub struct Recorder {
     transfer_since_barrier: bool,
     /// `MIXQ_VK_BARRIER=all`: every barrier names compute and transfer on both sides.
     all_stages: bool,
+    /// `MIXQ_VK_BARRIER=none`: no barrier between two dispatches. Wrong results; only a timing
+    /// bound of what any scheme that hides the dependencies (persistent kernels, flags) could
+    /// win. `mixq-run bench` says so when it is set.
+    no_compute_barriers: bool,
 }
 
 /// An add_rms_norm without a next norm not recorded yet (vulkan/mod.rs `try_add_rms_norm`).
@@ -241,6 +245,7 @@ impl Recorder {
                 no_barrier: false,
                 transfer_since_barrier: true,
                 all_stages: std::env::var("MIXQ_VK_BARRIER").is_ok_and(|v| v == "all"),
+                no_compute_barriers: std::env::var("MIXQ_VK_BARRIER").is_ok_and(|v| v == "none"),
             })
         }
     }
@@ -271,7 +276,8 @@ impl Recorder {
         if self.recording && self.flush_every > 0 && self.in_cmd >= limit && !profiling {
             self.submit(dev)?;
         }
-        let mut skip = std::mem::take(&mut self.no_barrier);
+        let mut skip = std::mem::take(&mut self.no_barrier)
+            || (self.no_compute_barriers && !transfer && !self.transfer_since_barrier);
         let d = &dev.device;
         // SAFETY: `cmd` is owned by this recorder and is either initial (reset after the last
         // submission) or recording.
