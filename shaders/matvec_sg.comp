@@ -16,7 +16,7 @@
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint ROWS = 1u;   // rows per subgroup per block (<= 4)
-layout(constant_id = 2) const uint UNROLL = 2u; // granules per lane per step (1 or 2)
+layout(constant_id = 2) const uint UNROLL = 2u; // granules per lane per step (1 to 4)
 
 layout(push_constant) uniform Params {
     uint rows;       // rows of this weight chunk (FUSE_*: of weight 0)
@@ -97,29 +97,32 @@ void main() {
         float accu[4] = float[4](0.0, 0.0, 0.0, 0.0);
 #endif
         for (uint g = lane; g < granules; g += UNROLL * width) {
-            uint g2 = g + width < granules ? g + width : g;
-            float keep = g + width < granules ? 1.0 : 0.0;
-            XG xa, xb;
-            granule_x(g, xa);
-            if (UNROLL > 1u) {
-                granule_x(g2, xb);
+            // Granules g, g + width, ...: all loads of a step are issued before their sums,
+            // so a lane keeps UNROLL x 16 bytes per row in flight. Past the row's end a lane
+            // repeats granule g and drops it (keep = 0).
+            XG xs[UNROLL];
+            float keep[UNROLL];
+            uint gu[UNROLL];
+            for (uint u = 0u; u < UNROLL; u++) {
+                uint h = g + u * width;
+                keep[u] = h < granules ? 1.0 : 0.0;
+                gu[u] = h < granules ? h : g;
+                granule_x(gu[u], xs[u]);
             }
             for (uint r = 0u; r < ROWS; r++) {
                 uint rb = min(r0 + r, last) * p.stride;
+                for (uint u = 0u; u < UNROLL; u++) {
 #ifdef FUSE_GELU
-                SEG = 0u;
-                float a0 = granule_dot(rb, g, xa);
-                float a1 = UNROLL > 1u ? granule_dot(rb, g2, xb) : 0.0;
-                SEG = 1u;
-                float u0 = granule_dot(rb, g, xa);
-                float u1 = UNROLL > 1u ? granule_dot(rb, g2, xb) : 0.0;
-                acc[r] += a0 + keep * a1;
-                accu[r] += u0 + keep * u1;
+                    SEG = 0u;
+                    float a = granule_dot(rb, gu[u], xs[u]);
+                    SEG = 1u;
+                    float b = granule_dot(rb, gu[u], xs[u]);
+                    acc[r] += keep[u] * a;
+                    accu[r] += keep[u] * b;
 #else
-                float a0 = granule_dot(rb, g, xa);
-                float a1 = UNROLL > 1u ? granule_dot(rb, g2, xb) : 0.0;
-                acc[r] += a0 + keep * a1;
+                    acc[r] += keep[u] * granule_dot(rb, gu[u], xs[u]);
 #endif
+                }
             }
         }
         for (uint r = 0u; r < ROWS; r++) {

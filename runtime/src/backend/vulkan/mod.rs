@@ -340,7 +340,7 @@ fn matvec_shape(q: QType, cols: usize, rows: usize, kind: MatvecKind) -> (u32, u
             let ok = v.len() == 3
                 && [64, 128, 256].contains(&v[0])
                 && (1..=8).contains(&v[1])
-                && (1..=2).contains(&v[2]);
+                && (1..=4).contains(&v[2]);
             ok.then(|| (v[0], v[1], v[2]))
         })
     });
