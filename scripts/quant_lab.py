@@ -64,13 +64,14 @@ def rtn(W, bits, g, search):
     return out
 
 
-def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128, refit=False):
+def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128, refit=False, rounds=1, fixed=None):
     """Frantar et al.; the group grid is fitted on the error-compensated weights when the group
     starts (static groups from the original weights under act-order). refit: afterwards, with
     the codes fixed, every row's (scale, min) pairs are refitted jointly by least squares
     against the damped Hessian (exact: the dequantized row is linear in them)."""
     W0 = W.double()
     W = W.double().clone()
+    H0 = H
     H = H.clone()
     C = W.shape[1]
     dead = torch.diag(H) == 0
@@ -94,6 +95,9 @@ def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128, refit=False
             col = i1 + i
             if actorder:
                 s, mn = (t.double() for t in groups[perm[col].item() // g])
+            elif col % g == 0 and fixed is not None:
+                s, mn = fixed[0][:, col // g : col // g + 1], fixed[1][:, col // g : col // g + 1]
+                s = torch.where(s.abs() < 1e-12, torch.full_like(s, 1e-12), s)
             elif col % g == 0:
                 s, mn = (t.double() for t in grid(W1[:, i : i + g].float(), bits, imp[col : col + g], search))
             w = W1[:, i : i + 1]
@@ -107,25 +111,32 @@ def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128, refit=False
     if actorder:
         Q = Q[:, torch.argsort(perm)]
     if refit and not actorder:
-        Q = refit_grid(W0, H, codes, Q, g)
+        Q, grids = refit_grid(W0, H, codes, Q, g)
+        if rounds > 1:
+            # GPTQ again on the refitted grids (codes re-chosen with error feedback), refit again
+            return gptq(W0.float(), H0, bits, g, search, damp, block=block, refit=True, rounds=rounds - 1, fixed=grids)
     return Q.float()
 
 
-def refit_grid(W, H, codes, Q, g, chunk=8):
+def refit_grid(W, H, codes, Q, g, chunk=128):
     """min over (s, m) per group of (w - q)^T H (w - q), q_k = s_g c_k + m_g, row by row:
     normal equations of 2G unknowns (block sums of H weighted by the codes), a small ridge
     towards the GPTQ grid so constant-code groups stay determined."""
     R, C = W.shape
     G = C // g
     Hw = W @ H  # (R, C): H symmetric
-    S11 = H.reshape(G, g, G, g).sum((1, 3))
+    T = H.reshape(G, g, G, g)
+    X1 = T.sum(3)  # (G, g, G): sum over the right group's elements
+    S11 = X1.sum(1)
     out = torch.empty_like(Q)
+    S, M = torch.empty(R, G, dtype=H.dtype), torch.empty(R, G, dtype=H.dtype)
     for r0 in range(0, R, chunk):
         c = codes[r0 : r0 + chunk]
         n = c.shape[0]
-        Hc = c @ H  # (n, C)
-        Scc = ((c[:, :, None] * H[None]) * c[:, None, :]).reshape(n, G, g, G, g).sum((2, 4))
-        Sc1 = (c[:, :, None] * H[None]).reshape(n, G, g, G, g).sum((2, 4))  # c on the left
+        cg = c.reshape(n, G, g)
+        Xc = torch.einsum("aibj,rbj->raib", T, cg)  # H times the codes, by right group
+        Scc = torch.einsum("rai,raib->rab", cg, Xc)
+        Sc1 = torch.einsum("rai,aib->rab", cg, X1)  # codes on the left, ones on the right
         A = torch.zeros(n, 2 * G, 2 * G, dtype=H.dtype)
         A[:, :G, :G] = Scc
         A[:, :G, G:] = Sc1
@@ -145,7 +156,8 @@ def refit_grid(W, H, codes, Q, g, chunk=8):
         p = torch.linalg.solve(A + lam * I, b[:, :, None] + lam * p0[:, :, None]).squeeze(2)
         sN, mN = p[:, :G], p[:, G:]
         out[r0 : r0 + n] = (cc * sN[:, :, None] + mN[:, :, None]).reshape(n, C)
-    return out
+        S[r0 : r0 + n], M[r0 : r0 + n] = sN, mN
+    return out, (S, M)
 
 
 def hadamard(n):
@@ -221,6 +233,8 @@ def main():
                     Q = gptq(W, H[n], bits, g, a.search)
                 elif method == "gptqls":
                     Q = gptq(W, H[n], bits, g, a.search, refit=True)
+                elif method.startswith("gptqls"):
+                    Q = gptq(W, H[n], bits, g, a.search, refit=True, rounds=int(method[6:]))
                 elif method == "gptq_ao":
                     Q = gptq(W, H[n], bits, g, a.search, actorder=True)
                 elif method.startswith("rot"):

@@ -112,6 +112,10 @@ pub struct ConvertArgs {
     /// GPTQ dampening, as a fraction of the mean diagonal of the Hessian.
     #[arg(long, default_value_t = DEFAULT_DAMP)]
     pub damp: f64,
+    /// After GPTQ, refit every block's scale/min (I2_STRUCTURED: d/dmin) for the chosen codes
+    /// by least squares against the calibration Hessian.
+    #[arg(long)]
+    pub refit: bool,
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -226,6 +230,7 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
                 "rules": recipe.rules,
                 "methods": methods.iter().cloned().collect::<HashMap<_, _>>(),
                 "gptq_damp": a.damp,
+                "gptq_refit": a.refit,
                 "calib_tokens": calib.tokens(),
                 "calib_seq_len": calib.seq_len,
             }),
@@ -312,7 +317,10 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
         "{msg:12} {bar:30} {pos}/{len} layers [{elapsed_precise} < {eta_precise}]",
     );
     let pass_bar = bars.bar(0, "", "{msg:12} {bar:30} {pos}/{len} tokens");
-    let opts = GptqOptions { damp: a.damp };
+    let opts = GptqOptions {
+        damp: a.damp,
+        refit: a.refit,
+    };
     // (layer, norm, α) of every equalized site, for the report's notes
     let mut equalized: Vec<(usize, String, f64)> = Vec::new();
     for (i, &kind) in config.layer_types.iter().enumerate() {
@@ -583,6 +591,7 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
         "summary": rep.calibration,
         "text_tokens": calib.text_tokens,
         "gptq_damp": a.damp,
+        "gptq_refit": a.refit,
     }))?;
     writer.add_blob(mixqfmt::BLOB_TOKENIZER, &tok_json)?;
     writer.add_blob(mixqfmt::BLOB_CALIBRATION, &calib_json)?;

@@ -165,7 +165,10 @@ mod tests {
         };
         let row = |r: usize| Ok(w[r * cols..(r + 1) * cols].to_vec());
         let bar = ProgressBar::hidden();
-        let opts = GptqOptions { damp: 0.1 };
+        let opts = GptqOptions {
+            damp: 0.1,
+            refit: false,
+        };
         let (bg, g) = fit_table(&choice("gptq"), rows, cols, row, &hm, opts, &bar).unwrap();
         let (bs, s) = fit_table(&choice("search"), rows, cols, row, &hm, opts, &bar).unwrap();
         let rb = QType::I4Grouped32.row_bytes(cols).unwrap();

@@ -13,6 +13,7 @@ pub mod gptq;
 pub mod head;
 pub mod inspect;
 pub mod recipe;
+pub mod refit;
 pub mod report;
 pub mod rotate;
 pub mod search;

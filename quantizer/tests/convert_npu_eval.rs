@@ -54,6 +54,7 @@ fn args(model: &Path, out: &Path, recipe: &str) -> ConvertArgs {
         no_npu_eval: false,
         methods: vec![],
         damp: DEFAULT_DAMP,
+        refit: false,
         threads: None,
         quiet: true,
     }

@@ -25,6 +25,7 @@ fn args(out: &Path, recipe: &str) -> ConvertArgs {
         no_npu_eval: true,
         methods: vec![],
         damp: mixq_quantizer::convert::DEFAULT_DAMP,
+        refit: false,
         threads: None,
         quiet: true,
     }
