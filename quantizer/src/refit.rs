@@ -9,18 +9,13 @@
 //! through `H`. (The torch lab, `scripts/quant_lab.py` method `gptqls`, showed +4 points on
 //! 2-bit gate/up and +0.2 on int4, before this was built.)
 //!
-//! Cost: `O(cols x band)` multiply-adds per row for the normal equations and `O(n x m²)` for
-//! the banded Cholesky (`n` = 2 x blocks, `m` its half-bandwidth). Blocks further apart than
-//! [`WINDOW`] are treated as uncoupled once a row has more than [`FULL_BLOCKS`] blocks, so a
-//! 27B row (672 groups of 32) stays linear in `cols`.
+//! Cost: `3 x cols²` multiply-adds per row for the normal equations (every block pair is
+//! coupled: a band of neighbouring blocks alone raised the true error on test Hessians) and
+//! `(2 x blocks)³ / 3` for the Cholesky: about 2.7 s more per layer at 270M on 2 cores, but
+//! hours at 27B (`3 x rows x cols²` per tensor, six times GPTQ's own updates).
 
 use half::f16;
 use mixq_format::quant::BlockParams;
-
-/// Rows with at most this many parameter blocks are refitted with every block coupled.
-pub const FULL_BLOCKS: usize = 96;
-/// Otherwise, blocks couple with this many neighbours on each side.
-pub const WINDOW: usize = 8;
 
 /// The two basis values of element `i` of block `p` with code `code`: its dequantized value
 /// is `α·a + β·b` for the block's current `(α, β)` ([`coords`]).
@@ -82,7 +77,7 @@ fn with_coords(p: &BlockParams, a: f64, b: f64) -> Option<BlockParams> {
     })
 }
 
-/// Refits `params` (the row's blocks of `pb` columns) for the fixed `codes`, minimising
+/// Refits `params` (the row's blocks of `pb` columns, all coupled) for the fixed `codes`, minimising
 /// `(w − ŵ)ᵀ (H + diag(extra)) (w − ŵ)`. `h` is `cols x cols` row-major; `extra[k]` is the
 /// dampening GPTQ added (plus 1 on dead channels, whose `H` row is zero). Blocks whose new
 /// parameters do not fit the type keep theirs.
@@ -97,11 +92,6 @@ pub fn refit_row(
     let cols = w.len();
     let nb = params.len();
     debug_assert_eq!(nb * pb, cols);
-    let win = if nb <= FULL_BLOCKS {
-        nb
-    } else {
-        WINDOW.min(nb)
-    };
     let n = 2 * nb;
     let (mut a, mut b) = (vec![0f64; cols], vec![0f64; cols]);
     for k in 0..cols {
@@ -112,12 +102,10 @@ pub fn refit_row(
     let mut nm = vec![0f64; n * n];
     let mut y = vec![0f64; n];
     for g in 0..nb {
-        let lo = g.saturating_sub(win - 1);
-        let hi = (g + win).min(nb);
         for k in g * pb..(g + 1) * pb {
             let hrow = &h[k * cols..(k + 1) * cols];
             let (ak, bk) = (a[k], b[k]);
-            for g2 in lo..hi {
+            for g2 in 0..nb {
                 let (j0, j1) = (g2 * pb, (g2 + 1) * pb);
                 let (mut ta, mut tb, mut tw) = (0f64, 0f64, 0f64);
                 for j in j0..j1 {
@@ -150,8 +138,7 @@ pub fn refit_row(
             y[i] += mu * v;
         }
     }
-    let m = 2 * win - 1; // half-bandwidth in unknowns
-    let Some(x) = banded_solve(&mut nm, &mut y, n, m) else {
+    let Some(x) = banded_solve(&mut nm, &mut y, n, n - 1) else {
         return;
     };
     for (g, p) in params.iter_mut().enumerate() {
@@ -217,8 +204,9 @@ mod tests {
 
     /// H = XᵀX of random inputs with uneven channel scales.
     fn hessian(cols: usize, seed: u64) -> Vec<f64> {
+        let tokens = 4 * cols;
         let mut r = rng(seed);
-        let x: Vec<f64> = (0..4 * cols)
+        let x: Vec<f64> = (0..tokens)
             .flat_map(|_| {
                 (0..cols)
                     .map(|j| r() * (0.2 + j as f64 / cols as f64))
@@ -226,7 +214,7 @@ mod tests {
             })
             .collect();
         let mut h = vec![0f64; cols * cols];
-        for t in 0..4 * cols {
+        for t in 0..tokens {
             let row = &x[t * cols..(t + 1) * cols];
             for i in 0..cols {
                 for j in 0..cols {
