@@ -184,6 +184,7 @@ def main():
     ap.add_argument("--calib-seqs", type=int, default=4, help="sequences of 512 tokens")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--search", action="store_true")
+    ap.add_argument("--temp", action="store_true", help="also fit one logit scale on the calibration text")
     ap.add_argument("--exp", action="append", required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -198,12 +199,15 @@ def main():
     mods = dict(model.named_modules())
 
     @torch.no_grad()
-    def ppl():
-        lp = torch.log_softmax(model(eids[None]).logits[0, :-1].float(), -1)
+    def ppl(t=1.0):
+        lp = torch.log_softmax(model(eids[None]).logits[0, :-1].float() * t, -1)
         return math.exp(-lp.gather(1, eids[1:, None]).mean().item())
 
     t0 = time.time()
     p_ref = ppl()
+    if a.temp:
+        with torch.no_grad():
+            ref_lp = [torch.log_softmax(model(c[None]).logits[0].float(), -1) for c in calib]
     H, hooks = {}, []
     for n in linears:
         def hook(_m, inp, _out, n=n):
@@ -244,6 +248,17 @@ def main():
                 p.copy_(Q)
         p = ppl()
         print(f"{exp}: PPL {p:.3f}, retention (PPL ratio) {100 * p_ref / p:.2f} % [{time.time() - t0:.0f} s]", flush=True)
+        if a.temp:
+            # One logit scale fitted on the calibration text (KL to the reference's), applied
+            # to the evaluation text: is the quantized model's confidence off by a constant?
+            with torch.no_grad():
+                lq = [model(c[None]).logits[0].float() for c in calib]
+                def kl(t):
+                    return sum((ref_lp[i].exp() * (ref_lp[i] - torch.log_softmax(lq[i] * t, -1))).sum(-1).mean().item() for i in range(len(calib))) / len(calib)
+                ts = [0.9 + 0.01 * i for i in range(21)]
+                best = min(ts, key=kl)
+                pt = ppl(best)
+            print(f"  logit scale {best:.2f} (calibration KL {kl(1.0):.4f} -> {kl(best):.4f}): PPL {pt:.3f}, retention {100 * p_ref / pt:.2f} %", flush=True)
 
 
 if __name__ == "__main__":
