@@ -72,7 +72,7 @@ fn int8_and_int4_conversions_keep_paris() {
         // (tests/golden/capital.json). 16 tokens: with this test's 256 calibration tokens the
         // int4 recipe (I4_GROUPED32) continues " the capital of the country. It is the
         // largest city in France." (France is token 13), I4_GROUPED " Paris. ..."; at the
-        // converter's default 2048 tokens int4 is the better of the two on every measure
+        // converter's default (thousands of tokens) int4 is the better of the two on every measure
         // (quantizer/README.md), so one greedy sample decides little either way.
         let text = greedy(&out, "The capital of France is", 16);
         assert!(
