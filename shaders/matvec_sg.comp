@@ -17,6 +17,9 @@
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint ROWS = 1u;   // rows per subgroup per block (<= 4)
 layout(constant_id = 2) const uint UNROLL = 2u; // granules per lane per step (1 to 4)
+// 1: load each granule's codes and skip the decode (wrong output; MIXQ_VK_SG_PROBE, a timing
+// experiment splitting streaming from decoding)
+layout(constant_id = 3) const uint PROBE = 0u;
 
 layout(push_constant) uniform Params {
     uint rows;       // rows of this weight chunk (FUSE_*: of weight 0)
@@ -59,6 +62,15 @@ layout(set = 0, binding = 2) writeonly buffer O { float o[]; };
 float gelu_tanh(float v) {
     float inner = clamp(0.7978846 * (v + 0.044715 * v * v * v), -15.0, 15.0);
     return 0.5 * v * (1.0 + tanh(inner));
+}
+
+float dot_or_probe(uint rb, uint g, XG x) {
+    if (PROBE != 0u) {
+        uvec4 c = WG(((rb + p.codes_at) >> 4u) + g);
+        // keeps the load; a tiny value so nothing overflows
+        return uintBitsToFloat((c.x ^ c.y ^ c.z ^ c.w) & 0x007fffffu);
+    }
+    return granule_dot(rb, g, x);
 }
 
 void main() {
@@ -114,13 +126,13 @@ void main() {
                 for (uint u = 0u; u < UNROLL; u++) {
 #ifdef FUSE_GELU
                     SEG = 0u;
-                    float a = granule_dot(rb, gu[u], xs[u]);
+                    float a = dot_or_probe(rb, gu[u], xs[u]);
                     SEG = 1u;
-                    float b = granule_dot(rb, gu[u], xs[u]);
+                    float b = dot_or_probe(rb, gu[u], xs[u]);
                     acc[r] += keep[u] * a;
                     accu[r] += keep[u] * b;
 #else
-                    acc[r] += keep[u] * granule_dot(rb, gu[u], xs[u]);
+                    acc[r] += keep[u] * dot_or_probe(rb, gu[u], xs[u]);
 #endif
                 }
             }

@@ -68,6 +68,9 @@ impl ModelArgs {
         if std::env::var("MIXQ_VK_BARRIER").is_ok_and(|v| v == "none") {
             eprintln!("warning: MIXQ_VK_BARRIER=none: no barriers between GPU commands; the output is wrong, only the timing is meant (a bound for hiding dependencies)");
         }
+        if std::env::var("MIXQ_VK_SG_PROBE").is_ok_and(|v| v == "1") {
+            eprintln!("warning: MIXQ_VK_SG_PROBE=1: decode matvecs read their codes without decoding them; the output is wrong, only the timing is meant");
+        }
         be.set_coop_matmul(!self.vk_portable_prefill);
         Ok(be)
     }

@@ -377,6 +377,10 @@ struct SgConfig {
     on: bool,
     shapes: [(u32, u32, u32); 3],
     cap: u32,
+    /// `MIXQ_VK_SG_PROBE=1`: the kernels load each granule's codes and skip the decode and
+    /// the dot products (wrong output). A timing experiment: it splits a matvec's time into
+    /// what streaming the codes costs and what decoding them adds.
+    probe: u32,
 }
 
 fn sg_config() -> &'static SgConfig {
@@ -408,6 +412,7 @@ fn sg_config() -> &'static SgConfig {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1 << 16),
+            probe: u32::from(std::env::var("MIXQ_VK_SG_PROBE").is_ok_and(|v| v == "1")),
         }
     })
 }
@@ -418,13 +423,13 @@ fn sg_dispatch(
     kind: MatvecKind,
     blocks: impl Fn(usize) -> usize,
     subgroup: u32,
-) -> ([u32; 3], u32) {
+) -> ([u32; 4], u32) {
     let cfg = sg_config();
     let (wg, rows, unroll) = cfg.shapes[kind as usize];
     // Rows per workgroup block, as the shader computes it (subgroups of the device's size).
     let per_block = (wg / subgroup.max(1)).max(1) * rows;
     let groups = (blocks(per_block as usize) as u32).clamp(1, cfg.cap);
-    ([wg, rows, unroll], groups)
+    ([wg, rows, unroll, cfg.probe], groups)
 }
 
 /// Words of quantize_x_f32's output for `cols` (codes, scales per 32, sums per 16).
@@ -1375,12 +1380,16 @@ impl VulkanBackend {
                     |per| ws.iter().map(|w| w.rows.div_ceil(per)).sum(),
                     self.dev().info.subgroup_size,
                 );
-                (variant_act("matvecsg3", w0.qtype, "q8"), spec, groups)
+                (
+                    variant_act("matvecsg3", w0.qtype, "q8"),
+                    spec.to_vec(),
+                    groups,
+                )
             } else {
                 let (wg, per, unroll) = matvec_shape(w0.qtype, w0.cols, total, MatvecKind::Qkv);
                 let groups: usize = ws.iter().map(|w| w.rows.div_ceil(per as usize)).sum();
                 let name = variant_act("matvec3", w0.qtype, if q8 { "q8" } else { "f32" });
-                (name, [wg, per, unroll], u(groups))
+                (name, vec![wg, per, unroll], u(groups))
             };
             let wb: Vec<vk::Buffer> = ws.iter().map(|w| w.chunks[0].buffer).collect();
             let ob: Vec<vk::Buffer> = outs.iter().map(|o| o.buffer()).collect();
@@ -1469,14 +1478,14 @@ impl VulkanBackend {
                 );
                 (
                     variant_act("matvecsg_gelu", gate_w.qtype, "q8"),
-                    spec,
+                    spec.to_vec(),
                     groups,
                 )
             } else {
                 let (wg, per, unroll) =
                     matvec_shape(gate_w.qtype, gate_w.cols, inter, MatvecKind::Gelu);
                 let name = variant_act("matvec_gelu", gate_w.qtype, if q8 { "q8" } else { "f32" });
-                (name, [wg, per, unroll], u(inter.div_ceil(per as usize)))
+                (name, vec![wg, per, unroll], u(inter.div_ceil(per as usize)))
             };
             let wb = [gate_w.chunks[0].buffer, up_w.chunks[0].buffer];
             let push = [
