@@ -340,7 +340,10 @@ fn matvec_shape(q: QType, cols: usize, rows: usize, kind: MatvecKind) -> (u32, u
             let ok = v.len() == 3
                 && [64, 128, 256].contains(&v[0])
                 && (1..=8).contains(&v[1])
-                && (1..=4).contains(&v[2]);
+                && (1..=2).contains(&v[2]);
+            if !ok {
+                eprintln!("warning: {var}={s} ignored: want wg:rows:unroll, wg 64/128/256, rows 1-8, unroll 1-2");
+            }
             ok.then(|| (v[0], v[1], v[2]))
         })
     });
@@ -394,7 +397,10 @@ fn sg_config() -> &'static SgConfig {
                     let ok = v.len() == 3
                         && [64, 128, 256, 512, 1024].contains(&v[0])
                         && (1..=4).contains(&v[1])
-                        && (1..=2).contains(&v[2]);
+                        && (1..=4).contains(&v[2]);
+                    if !ok {
+                        eprintln!("warning: {var}={s} ignored: want wg:rows:unroll, wg 64-1024 (a power of two), rows 1-4, unroll 1-4");
+                    }
                     ok.then(|| (v[0], v[1], v[2]))
                 })
                 .unwrap_or(default)
