@@ -15,7 +15,8 @@ Run with the golden venv (`make golden-env`):
 An experiment is CLASSES:BITS:GROUP:METHOD; CLASSES is `all` or a comma list of q_proj,
 k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (the others stay full precision);
 METHOD is rtn (min/max), gptq (damp 0.1, group grid fitted when the group starts), gptqls
-(gptq, then every row's group grid refitted by least squares with the codes fixed), gptq_ao
+(gptq, then every row's group grid refitted by least squares with the codes fixed; gptqlsN:
+N rounds, GPTQ re-run on the refitted grids between them), gptq_ao
 (act-order with static groups), or rot128 (block-Hadamard rotation, then gptq).
 --search fits every group's (scale, min) by a clipping grid weighted by diag(H).
 """

@@ -14,6 +14,7 @@
 //! `(2 x blocks)³ / 3` for the Cholesky: about 2.7 s more per layer at 270M on 2 cores, but
 //! hours at 27B (`3 x rows x cols²` per tensor, six times GPTQ's own updates).
 
+use crate::gptq::cholesky_lower;
 use half::f16;
 use mixq_format::quant::BlockParams;
 
@@ -138,53 +139,32 @@ pub fn refit_row(
             y[i] += mu * v;
         }
     }
-    let Some(x) = banded_solve(&mut nm, &mut y, n, n - 1) else {
+    if !solve_spd(&mut nm, &mut y, n) {
         return;
-    };
+    }
     for (g, p) in params.iter_mut().enumerate() {
-        if let Some(q) = with_coords(p, x[2 * g], x[2 * g + 1]) {
+        if let Some(q) = with_coords(p, y[2 * g], y[2 * g + 1]) {
             *p = q;
         }
     }
 }
 
-/// Solves the symmetric positive definite `a x = y` (`n x n` dense storage, zero outside the
-/// half-bandwidth `m`) by a banded Cholesky in place; `None` if it is not positive definite.
-fn banded_solve(a: &mut [f64], y: &mut [f64], n: usize, m: usize) -> Option<Vec<f64>> {
-    for i in 0..n {
-        let j0 = i.saturating_sub(m);
-        for j in j0..=i {
-            let k0 = j0.max(j.saturating_sub(m));
-            let mut s = a[i * n + j];
-            for k in k0..j {
-                s -= a[i * n + k] * a[j * n + k];
-            }
-            if i == j {
-                if s <= 0.0 || !s.is_finite() {
-                    return None;
-                }
-                a[i * n + i] = s.sqrt();
-            } else {
-                a[i * n + j] = s / a[j * n + j];
-            }
-        }
+/// Solves the symmetric positive definite `a x = y` in place (`a` becomes its Cholesky
+/// factor, `y` the solution); false if `a` is not positive definite.
+fn solve_spd(a: &mut [f64], y: &mut [f64], n: usize) -> bool {
+    if !cholesky_lower(a, n) {
+        return false;
     }
     // L z = y, then Lᵀ x = z
     for i in 0..n {
-        let mut s = y[i];
-        for k in i.saturating_sub(m)..i {
-            s -= a[i * n + k] * y[k];
-        }
-        y[i] = s / a[i * n + i];
+        let s: f64 = (0..i).map(|k| a[i * n + k] * y[k]).sum();
+        y[i] = (y[i] - s) / a[i * n + i];
     }
     for i in (0..n).rev() {
-        let mut s = y[i];
-        for k in i + 1..(i + m + 1).min(n) {
-            s -= a[k * n + i] * y[k];
-        }
-        y[i] = s / a[i * n + i];
+        let s: f64 = (i + 1..n).map(|k| a[k * n + i] * y[k]).sum();
+        y[i] = (y[i] - s) / a[i * n + i];
     }
-    Some(y.to_vec())
+    true
 }
 
 #[cfg(test)]
@@ -264,8 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn banded_solve_matches_a_dense_one() {
-        // A tridiagonal system: the banded solve with m = 1 and with m = n - 1 agree.
+    fn solve_spd_solves() {
         let n = 9;
         let mut a = vec![0f64; n * n];
         for i in 0..n {
@@ -276,12 +255,13 @@ mod tests {
             }
         }
         let y: Vec<f64> = (0..n).map(|i| i as f64 - 3.0).collect();
-        let x1 = banded_solve(&mut a.clone(), &mut y.clone(), n, 1).unwrap();
-        let x2 = banded_solve(&mut a.clone(), &mut y.clone(), n, n - 1).unwrap();
+        let mut x = y.clone();
+        assert!(solve_spd(&mut a.clone(), &mut x, n));
         for i in 0..n {
-            assert!((x1[i] - x2[i]).abs() < 1e-12);
-            let ax: f64 = (0..n).map(|j| a[i * n + j] * x1[j]).sum();
+            let ax: f64 = (0..n).map(|j| a[i * n + j] * x[j]).sum();
             assert!((ax - y[i]).abs() < 1e-9);
         }
+        a[0] = -1.0;
+        assert!(!solve_spd(&mut a, &mut x, n));
     }
 }
