@@ -65,7 +65,7 @@ impl ModelArgs {
     /// The Vulkan backend on device `index`, with the Vulkan flags applied.
     pub fn vulkan_backend(&self, index: Option<usize>) -> Result<VulkanBackend> {
         let be = VulkanBackend::new(index)?;
-        if std::env::var("MIXQ_VK_BARRIER").is_ok_and(|v| v == "none") {
+        if mixq_runtime::backend::vulkan::ops::barriers_off() {
             eprintln!("warning: MIXQ_VK_BARRIER=none: no barriers between GPU commands; the output is wrong, only the timing is meant (a bound for hiding dependencies)");
         }
         if std::env::var("MIXQ_VK_SG_PROBE").is_ok_and(|v| v == "1") {

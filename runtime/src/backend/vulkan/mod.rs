@@ -1998,7 +1998,7 @@ impl VulkanBackend {
             .rec()
             .read(self.dev(), &[(vals.buffer(), 0, n), (idx.buffer(), 0, n)])?;
         let (vb, ib) = bytes.split_at(k * 4);
-        let no_barriers = std::env::var("MIXQ_VK_BARRIER").is_ok_and(|v| v == "none");
+        let no_barriers = ops::barriers_off();
         Ok(ib
             .chunks_exact(4)
             .zip(vb.chunks_exact(4))

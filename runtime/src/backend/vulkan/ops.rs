@@ -159,6 +159,13 @@ fn new_command_buffer(
     }
 }
 
+/// `MIXQ_VK_BARRIER=none` (a timing experiment, see [`Recorder`]'s `no_compute_barriers`),
+/// read once.
+pub fn barriers_off() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var("MIXQ_VK_BARRIER").is_ok_and(|v| v == "none"))
+}
+
 /// Workgroup grid for `groups` one-dimensional groups: (x, y) with x <= 65535
 /// (shaders flatten it with common.glsl's group_index()).
 pub fn grid(groups: u32) -> (u32, u32, u32) {
@@ -245,7 +252,7 @@ impl Recorder {
                 no_barrier: false,
                 transfer_since_barrier: true,
                 all_stages: std::env::var("MIXQ_VK_BARRIER").is_ok_and(|v| v == "all"),
-                no_compute_barriers: std::env::var("MIXQ_VK_BARRIER").is_ok_and(|v| v == "none"),
+                no_compute_barriers: barriers_off(),
             })
         }
     }
