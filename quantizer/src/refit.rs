@@ -78,8 +78,8 @@ fn with_coords(p: &BlockParams, a: f64, b: f64) -> Option<BlockParams> {
     })
 }
 
-/// Refits `params` (the row's blocks of `pb` columns, all coupled) for the fixed `codes`, minimising
-/// `(w − ŵ)ᵀ (H + diag(extra)) (w − ŵ)`. `h` is `cols x cols` row-major; `extra[k]` is the
+/// Refits `params` (the row's blocks of `pb` columns, all coupled) for the fixed `codes`,
+/// minimising `(w − ŵ)ᵀ (H + diag(extra)) (w − ŵ)`. `h` is `cols x cols` row-major; `extra[k]` is the
 /// dampening GPTQ added (plus 1 on dead channels, whose `H` row is zero). Blocks whose new
 /// parameters do not fit the type keep theirs.
 pub fn refit_row(
@@ -99,7 +99,7 @@ pub fn refit_row(
         (a[k], b[k]) = basis(&params[k / pb], k % pb, codes[k]);
     }
     let wd: Vec<f64> = w.iter().map(|&v| v as f64).collect();
-    // Normal equations, dense storage, only the band filled.
+    // Normal equations: unknowns (α, β) of block g at 2g, 2g + 1.
     let mut nm = vec![0f64; n * n];
     let mut y = vec![0f64; n];
     for g in 0..nb {
