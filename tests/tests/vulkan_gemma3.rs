@@ -16,7 +16,7 @@
 //! Prefill runs on the portable f32 matmul even on GPUs with the tensor-core one (f16 products:
 //! outside LOGIT_TOL by design); vulkan_ops.rs `matmul_coop_prefill` checks that kernel.
 
-use mixq_e2e::model_dir;
+use mixq_e2e::{model_dir, quantized_store};
 use mixq_format::tokenizer::Tokenizer;
 use mixq_runtime::backend::cpu::{top_k, CpuBackend};
 use mixq_runtime::backend::vulkan::VulkanBackend;
@@ -125,5 +125,69 @@ fn gemma3_270m_vulkan_matches_cpu() {
         }
         history.push(next);
         logits = gv.forward_last(&mut s, &[next]).unwrap();
+    }
+}
+
+/// Chained decode (shaders/chain.glsl: the layer's kernels without barriers, ordered by a
+/// counter of finished workgroups) computes exactly what the barriers do: same kernels, same
+/// arithmetic, so every logit of the prompt and of 8 greedy steps is bit-identical. On
+/// lavapipe, which runs dispatches one after another, this checks the bookkeeping (each
+/// dispatch's wait target, the counter's reset per step and its binding): a target too high
+/// makes a wait give up and the step fail with an error.
+#[test]
+fn gemma3_270m_chained_decode_is_bit_identical() {
+    let tok = Tokenizer::from_bytes(&open_store(&model_dir()).unwrap().tokenizer_json().unwrap())
+        .unwrap();
+    // Integer weights, so decode runs the int8-activation matvecs (matvec_sg.comp) chained too.
+    let store = quantized_store();
+    let ids = tok.encode("The capital of France is", true).unwrap();
+    let run = |chain: bool| {
+        let vk = VulkanBackend::new(None).expect("a Vulkan device (make setup installs lavapipe)");
+        vk.set_coop_matmul(false);
+        vk.set_chain(chain);
+        let g = Gemma3::load(store.as_ref(), vk).unwrap();
+        let mut s = g.new_session();
+        let mut rows = Vec::new();
+        let mut logits = g.forward(&mut s, &ids, Logits::Last, |_, _| {}).unwrap();
+        let mut history = ids.clone();
+        for _ in 0..8 {
+            let next = top_k(&logits, 1)[0].0;
+            rows.push(logits);
+            history.push(next);
+            logits = g.forward(&mut s, &[next], Logits::Last, |_, _| {}).unwrap();
+        }
+        let mut greedy = Sampler::new(SamplerConfig {
+            temperature: 0.0,
+            ..SamplerConfig::default()
+        });
+        // The top-1 readback path too (what generate and bench use).
+        let mut s = g.new_session();
+        let mut l = g.forward_last(&mut s, &ids).unwrap();
+        let mut hist = ids.clone();
+        for _ in 0..8 {
+            let next = greedy.next(&l, &hist);
+            hist.push(next);
+            l = g.forward_last(&mut s, &[next]).unwrap();
+        }
+        assert_eq!(g.backend.chain(), chain);
+        // Chained: every kernel of a decode layer (8 per layer, 16 decode steps); else none.
+        let chained = g.backend.chained_dispatches();
+        assert_eq!(
+            chained >= 16 * 18 * 8,
+            chain,
+            "{chained} chained dispatches"
+        );
+        (rows, history, hist)
+    };
+    let (plain, plain_tokens, plain_top1) = run(false);
+    let (chained, chained_tokens, chained_top1) = run(true);
+    assert_eq!(chained_tokens, plain_tokens, "greedy tokens");
+    assert_eq!(chained_top1, plain_top1, "greedy tokens, top-1 readback");
+    for (step, (a, b)) in chained.iter().zip(&plain).enumerate() {
+        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(
+            same,
+            "step {step}: chained logits differ from the barriers'"
+        );
     }
 }
