@@ -53,9 +53,13 @@ uint SEG = 0u;
 layout(set = 0, binding = 0) readonly buffer W { uint w[]; };
 layout(set = 0, binding = 0) readonly buffer W4 { uvec4 w4[]; };
 #endif
-layout(set = 0, binding = 1) ACT readonly buffer XQ { uint xq[]; };
-layout(set = 0, binding = 1) ACT readonly buffer XQ4 { uvec4 xq4[]; };
-layout(set = 0, binding = 1) ACT readonly buffer X4 { vec4 x4[]; };
+// Not ACT (coherent): every subgroup reads all of x, so x must stay cached in L1 (coherent
+// loads from L2 made a chained 27B decode 4x slower on the H100). chain_wait's device-scope
+// acquire fence is what keeps a stale line out: it invalidates the SM's L1 on NVIDIA; the
+// chained-decode tests check the logits bit for bit against the barriers.
+layout(set = 0, binding = 1) readonly buffer XQ { uint xq[]; };
+layout(set = 0, binding = 1) readonly buffer XQ4 { uvec4 xq4[]; };
+layout(set = 0, binding = 1) readonly buffer X4 { vec4 x4[]; };
 #ifdef FUSE_QKV
 layout(set = 0, binding = 2) writeonly buffer O { float o[]; } outs[3];
 #else
