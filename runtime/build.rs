@@ -90,9 +90,6 @@ const F32_OPS: [&str; 15] = [
     "top_k_f32",
 ];
 
-/// F32 ops that also get a chained variant (besides the matvecsg*_q8 kernels).
-const CHAIN_OPS: [&str; 3] = ["add_rms_norm_f32", "attention_f32", "quantize_x_f32"];
-
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../shaders");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
@@ -138,21 +135,6 @@ fn main() {
     for op in F32_OPS {
         jobs.push((op.to_string(), format!("{op}.comp"), vec![]));
     }
-    // Chained variants (`{name}_chain`, -DCHAIN: shaders/chain.glsl) of every decode command of
-    // a layer, the only ones a chained step records without barriers (vulkan/ops.rs `Chain`).
-    let chained: Vec<_> = jobs
-        .iter()
-        .filter(|(name, _, _)| {
-            CHAIN_OPS.contains(&name.as_str())
-                || (name.starts_with("matvecsg") && name.ends_with("_q8"))
-        })
-        .map(|(name, src, defines)| {
-            let mut defines = defines.clone();
-            defines.push("CHAIN".to_string());
-            (format!("{name}_chain"), src.clone(), defines)
-        })
-        .collect();
-    jobs.extend(chained);
 
     check_glslc();
     let mut table = String::from(

@@ -9,8 +9,6 @@
 // new y is also written in int8 form, optionally Hadamard-rotated, for the FFN's gate/up.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
-#define CHAIN_BINDING 6
-#include "chain.glsl"
 
 layout(push_constant) uniform Params {
     uint rows;
@@ -20,13 +18,12 @@ layout(push_constant) uniform Params {
     uint q8;
     uint block;
     float hnorm;
-    CHAIN_PUSH
 } p;
 
-layout(set = 0, binding = 0) ACT buffer X { float x[]; };
-layout(set = 0, binding = 0) ACT buffer X4 { vec4 x4[]; };
-layout(set = 0, binding = 1) ACT buffer Y { float y[]; };
-layout(set = 0, binding = 1) ACT buffer Y4 { vec4 y4[]; };
+layout(set = 0, binding = 0) buffer X { float x[]; };
+layout(set = 0, binding = 0) buffer X4 { vec4 x4[]; };
+layout(set = 0, binding = 1) buffer Y { float y[]; };
+layout(set = 0, binding = 1) buffer Y4 { vec4 y4[]; };
 layout(set = 0, binding = 2) readonly buffer Wt { float wt[]; };
 layout(set = 0, binding = 2) readonly buffer Wt4 { vec4 wt4[]; };
 // Unused (bound to wt again) without has_next.
@@ -39,7 +36,7 @@ layout(set = 0, binding = 5) readonly buffer S4 { vec4 signs4[]; };
 
 #include "rownorm.glsl"
 
-void run() {
+void main() {
     uint row = group_index();
     if (row >= p.rows) {
         return;
@@ -131,14 +128,4 @@ void run() {
     if (p.q8 != 0u) {
         store_q8(v);
     }
-}
-
-void main() {
-#ifdef CHAIN
-    chain_wait(p.chain_target);
-    run();
-    chain_signal();
-#else
-    run();
-#endif
 }

@@ -31,8 +31,6 @@
 #extension GL_KHR_shader_subgroup_shuffle : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #include "common.glsl"
-#define CHAIN_BINDING 12
-#include "chain.glsl"
 
 layout(local_size_x = 64) in;
 
@@ -52,15 +50,14 @@ layout(push_constant) uniform Params {
     uint direct;   // write `o` (splits == 1), else the partials for attention_combine_f32
     uint fused;    // n == 1: QK-norm + RoPE here, merge by the last split (header)
     float eps;     // QK-norm's
-    CHAIN_PUSH
 } p;
 
-layout(set = 0, binding = 0) ACT readonly buffer Q { float q[]; };
-layout(set = 0, binding = 1) ACT readonly buffer K4 { vec4 k4[]; };
-layout(set = 0, binding = 1) ACT readonly buffer K { float k[]; };
-layout(set = 0, binding = 2) ACT readonly buffer V { float v[]; };
-layout(set = 0, binding = 3) ACT buffer KC4 { vec4 kc4[]; };
-layout(set = 0, binding = 4) ACT buffer VC { float vc[]; };
+layout(set = 0, binding = 0) readonly buffer Q { float q[]; };
+layout(set = 0, binding = 1) readonly buffer K4 { vec4 k4[]; };
+layout(set = 0, binding = 1) readonly buffer K { float k[]; };
+layout(set = 0, binding = 2) readonly buffer V { float v[]; };
+layout(set = 0, binding = 3) buffer KC4 { vec4 kc4[]; };
+layout(set = 0, binding = 4) buffer VC { float vc[]; };
 layout(set = 0, binding = 5) writeonly buffer O { float o[]; };
 // (n * heads * splits) records of head_dim + 2 floats: m, l, acc[head_dim]. Unused (bound to
 // `o` again) when direct. Coherent: with `fused` another workgroup's records are read.
@@ -96,7 +93,7 @@ uint kv_row(uint pos, uint kv_dim, out bool cached) {
     return (pos - p.pos0) * kv_dim;
 }
 
-void run() {
+void main() {
     uint idx = group_index();
     if (idx >= p.n * p.heads) {
         return;
@@ -271,14 +268,4 @@ void run() {
     }
     memoryBarrierBuffer();
     merge_splits(idx, tid, d, p.splits, true, p.heads * d);
-}
-
-void main() {
-#ifdef CHAIN
-    chain_wait(p.chain_target);
-    run();
-    chain_signal();
-#else
-    run();
-#endif
 }

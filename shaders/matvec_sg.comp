@@ -13,8 +13,6 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #include "common.glsl"
-#define CHAIN_BINDING 3
-#include "chain.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint ROWS = 1u;   // rows per subgroup per block (<= 4)
@@ -22,9 +20,6 @@ layout(constant_id = 2) const uint UNROLL = 2u; // granules per lane per step (1
 // 1: load each granule's codes and skip the decode (wrong output; MIXQ_VK_SG_PROBE, a timing
 // experiment splitting streaming from decoding)
 layout(constant_id = 3) const uint PROBE = 0u;
-// CHAIN: each lane loads its first granule of codes before the wait, so the weights' first
-// DRAM round trip overlaps the previous dispatch (MIXQ_VK_CHAIN_PREFETCH=0 turns it off).
-layout(constant_id = 4) const uint PREFETCH = 1u;
 
 layout(push_constant) uniform Params {
     uint rows;       // rows of this weight chunk (FUSE_*: of weight 0)
@@ -34,7 +29,6 @@ layout(push_constant) uniform Params {
     uint codes_at;   // byte offset of the codes in a row (multiple of 16)
     uint rows1;      // FUSE_QKV: rows of weights 1 and 2
     uint rows2;
-    CHAIN_PUSH
 } p;
 
 #if defined(FUSE_QKV)
@@ -53,10 +47,6 @@ uint SEG = 0u;
 layout(set = 0, binding = 0) readonly buffer W { uint w[]; };
 layout(set = 0, binding = 0) readonly buffer W4 { uvec4 w4[]; };
 #endif
-// Not ACT (coherent): every subgroup reads all of x, so x must stay cached in L1 (coherent
-// loads from L2 made a chained 27B decode 4x slower on the H100). chain_wait's device-scope
-// acquire fence is what keeps a stale line out: it invalidates the SM's L1 on NVIDIA; the
-// chained-decode tests check the logits bit for bit against the barriers.
 layout(set = 0, binding = 1) readonly buffer XQ { uint xq[]; };
 layout(set = 0, binding = 1) readonly buffer XQ4 { uvec4 xq4[]; };
 layout(set = 0, binding = 1) readonly buffer X4 { vec4 x4[]; };
@@ -83,7 +73,7 @@ float dot_or_probe(uint rb, uint g, XG x) {
     return granule_dot(rb, g, x);
 }
 
-void run() {
+void main() {
     uint lane = gl_SubgroupInvocationID;
     uint width = gl_SubgroupSize;
     uint per_block = gl_NumSubgroups * ROWS;
@@ -163,28 +153,4 @@ void run() {
             }
         }
     }
-}
-
-void main() {
-#ifdef CHAIN
-    uvec4 pre = uvec4(0u);
-    if (PREFETCH != 0u) {
-        // The lane's first granule of its first row (weight 0 of a fused dispatch).
-        uint r0 = group_index() * gl_NumSubgroups * ROWS + gl_SubgroupID * ROWS;
-        uint g = gl_SubgroupInvocationID;
-        if (r0 < p.rows && g < p.cols / EPG) {
-            pre = WG(((r0 * p.stride + p.codes_at) >> 4u) + g);
-        }
-    }
-    chain_wait(p.chain_target);
-    // Uses `pre` (so the load is issued before the wait) without changing anything: bit 1 of
-    // chain_err is never read.
-    if (all(equal(pre, uvec4(0x7fc00001u)))) {
-        atomicOr(chain_err, 2u);
-    }
-    run();
-    chain_signal();
-#else
-    run();
-#endif
 }

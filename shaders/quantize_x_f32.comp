@@ -15,36 +15,23 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
 #include "common.glsl"
-#define CHAIN_BINDING 2
-#include "chain.glsl"
 
 layout(local_size_x = 256) in;
 
 layout(push_constant) uniform Params {
     uint cols;
-    CHAIN_PUSH
 } p;
 
-layout(set = 0, binding = 0) ACT readonly buffer X4 { vec4 x4[]; };
+layout(set = 0, binding = 0) readonly buffer X4 { vec4 x4[]; };
 layout(set = 0, binding = 1) writeonly buffer Q { uint q[]; };
 #define Q8_DST q
 #include "q8_store.glsl"
 
-void run() {
+void main() {
     uint i = group_index() * 256u + gl_LocalInvocationID.x;
     uint d4 = p.cols / 4u;
     // Invocations past the end still take part in the shuffles (groups of 8 are all in or all
     // out: cols % 32 == 0).
     vec4 v = i < d4 ? x4[i] : vec4(0.0);
     store_q8_vec4(i, v, p.cols, i < d4);
-}
-
-void main() {
-#ifdef CHAIN
-    chain_wait(p.chain_target);
-    run();
-    chain_signal();
-#else
-    run();
-#endif
 }

@@ -16,7 +16,7 @@
 //! Prefill runs on the portable f32 matmul even on GPUs with the tensor-core one (f16 products:
 //! outside LOGIT_TOL by design); vulkan_ops.rs `matmul_coop_prefill` checks that kernel.
 
-use mixq_e2e::{model_dir, quantized_store};
+use mixq_e2e::model_dir;
 use mixq_format::tokenizer::Tokenizer;
 use mixq_runtime::backend::cpu::{top_k, CpuBackend};
 use mixq_runtime::backend::vulkan::VulkanBackend;
@@ -126,105 +126,4 @@ fn gemma3_270m_vulkan_matches_cpu() {
         history.push(next);
         logits = gv.forward_last(&mut s, &[next]).unwrap();
     }
-}
-
-/// Runs `ids` and `steps` greedy decode steps on a fresh Vulkan backend, chained or not: the
-/// logits of every step (full download), the greedy tokens, the same tokens through the
-/// device's top-1 readback, and how many dispatches were chained.
-fn greedy_run(
-    store: &dyn mixq_runtime::weights::WeightStore,
-    ids: &[u32],
-    steps: usize,
-    chain: bool,
-    coop: bool,
-) -> (Vec<Vec<f32>>, Vec<u32>, Vec<u32>, u64) {
-    let vk = VulkanBackend::new(None).expect("a Vulkan device (make setup installs lavapipe)");
-    vk.set_coop_matmul(coop);
-    vk.set_chain(chain);
-    let g = Gemma3::load(store, vk).unwrap();
-    let mut s = g.new_session();
-    let mut rows = Vec::new();
-    let mut logits = g.forward(&mut s, ids, Logits::Last, |_, _| {}).unwrap();
-    let mut history = ids.to_vec();
-    for _ in 0..steps {
-        let next = top_k(&logits, 1)[0].0;
-        rows.push(logits);
-        history.push(next);
-        logits = g.forward(&mut s, &[next], Logits::Last, |_, _| {}).unwrap();
-    }
-    let mut greedy = Sampler::new(SamplerConfig {
-        temperature: 0.0,
-        ..SamplerConfig::default()
-    });
-    let mut s = g.new_session();
-    let mut l = g.forward_last(&mut s, ids).unwrap();
-    let mut top1 = ids.to_vec();
-    for _ in 0..steps {
-        let next = greedy.next(&l, &top1);
-        top1.push(next);
-        l = g.forward_last(&mut s, &[next]).unwrap();
-    }
-    assert_eq!(g.backend.chain(), chain);
-    (rows, history, top1, g.backend.chained_dispatches())
-}
-
-/// Chained and barrier-separated runs give bit-identical logits and the same tokens; returns
-/// the chained run's count of chained dispatches.
-fn assert_chain_bit_identical(
-    store: &dyn mixq_runtime::weights::WeightStore,
-    ids: &[u32],
-    steps: usize,
-    coop: bool,
-) -> u64 {
-    let (plain, plain_tokens, plain_top1, none) = greedy_run(store, ids, steps, false, coop);
-    assert_eq!(none, 0, "chained dispatches with the chain off");
-    let (chained, tokens, top1, count) = greedy_run(store, ids, steps, true, coop);
-    assert_eq!(tokens, plain_tokens, "greedy tokens");
-    assert_eq!(top1, plain_top1, "greedy tokens, top-1 readback");
-    for (step, (a, b)) in chained.iter().zip(&plain).enumerate() {
-        let differ = a
-            .iter()
-            .zip(b)
-            .filter(|(x, y)| x.to_bits() != y.to_bits())
-            .count();
-        assert_eq!(
-            differ, 0,
-            "step {step}: {differ} chained logits differ from the barriers'"
-        );
-    }
-    count
-}
-
-/// Chained decode (shaders/chain.glsl: the layer's kernels without barriers, ordered by a
-/// counter of finished workgroups) computes exactly what the barriers do: same kernels, same
-/// arithmetic, so every logit of the prompt and of 8 greedy steps is bit-identical. On
-/// lavapipe, which runs dispatches one after another, this checks the bookkeeping (each
-/// dispatch's wait target, the counter's reset per step and its binding): a target too high
-/// makes a wait give up and the step fail with an error. On a GPU that overlaps dispatches,
-/// `chained_decode_on_a_mixq_file` checks the synchronisation itself.
-#[test]
-fn gemma3_270m_chained_decode_is_bit_identical() {
-    let tok = Tokenizer::from_bytes(&open_store(&model_dir()).unwrap().tokenizer_json().unwrap())
-        .unwrap();
-    // Integer weights, so decode runs the int8-activation matvecs (matvec_sg.comp) chained too.
-    let store = quantized_store();
-    let ids = tok.encode("The capital of France is", true).unwrap();
-    let chained = assert_chain_bit_identical(store.as_ref(), &ids, 8, false);
-    // Every kernel of a decode layer: 8 per layer, 18 layers, 16 decode steps.
-    assert!(chained >= 16 * 18 * 8, "{chained} chained dispatches");
-}
-
-/// The same on the .mixq named by `MIXQ_CHAIN_MODEL` (e.g. `mixq-quantize synth --shape
-/// gemma3-4b` on the GPU being measured; no tokenizer needed), 32 steps, the tensor-core
-/// prefill where the device has it: where dispatches really overlap, a missing wait or a
-/// stale cache line would change logits.
-#[test]
-#[ignore = "needs MIXQ_CHAIN_MODEL, a .mixq file; run on a GPU with --ignored"]
-fn chained_decode_on_a_mixq_file() {
-    let path = std::env::var("MIXQ_CHAIN_MODEL").expect("MIXQ_CHAIN_MODEL=FILE.mixq");
-    let store = mixq_runtime::weights::MixqStore::open(std::path::Path::new(&path)).unwrap();
-    let ids = [2, 818, 5279, 529, 7001, 563];
-    let chained = assert_chain_bit_identical(&store, &ids, 32, true);
-    assert!(chained > 0, "nothing was chained");
-    eprintln!("{path}: 32 steps bit-identical, {chained} chained dispatches");
 }

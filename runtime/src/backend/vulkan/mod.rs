@@ -384,8 +384,6 @@ struct SgConfig {
     /// the dot products (wrong output). A timing experiment: it splits a matvec's time into
     /// what streaming the codes costs and what decoding them adds.
     probe: u32,
-    /// matvec_sg.comp's PREFETCH in chained dispatches (on unless `MIXQ_VK_CHAIN_PREFETCH=0`).
-    prefetch: u32,
 }
 
 fn sg_config() -> &'static SgConfig {
@@ -421,7 +419,6 @@ fn sg_config() -> &'static SgConfig {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1 << 16),
             probe: u32::from(std::env::var("MIXQ_VK_SG_PROBE").is_ok_and(|v| v == "1")),
-            prefetch: u32::from(std::env::var("MIXQ_VK_CHAIN_PREFETCH").map_or(true, |v| v != "0")),
         }
     })
 }
@@ -432,13 +429,13 @@ fn sg_dispatch(
     kind: MatvecKind,
     blocks: impl Fn(usize) -> usize,
     subgroup: u32,
-) -> ([u32; 5], u32) {
+) -> ([u32; 4], u32) {
     let cfg = sg_config();
     let (wg, rows, unroll) = cfg.shapes[kind as usize];
     // Rows per workgroup block, as the shader computes it (subgroups of the device's size).
     let per_block = (wg / subgroup.max(1)).max(1) * rows;
     let groups = (blocks(per_block as usize) as u32).clamp(1, cfg.cap);
-    ([wg, rows, unroll, cfg.probe, cfg.prefetch], groups)
+    ([wg, rows, unroll, cfg.probe], groups)
 }
 
 /// Words of quantize_x_f32's output for `cols` (codes, scales per 32, sums per 16).
@@ -567,25 +564,6 @@ impl VulkanBackend {
         self.shared
             .coop
             .store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Chained decode (shaders/chain.glsl, [`ops::Chain`]): the decode kernels of a layer
-    /// recorded without barriers, ordered by a counter of finished workgroups, so each one
-    /// launches while the previous one drains. Off by default unless `MIXQ_VK_CHAIN=1`; needs a
-    /// device that launches the workgroups of consecutive dispatches in order (a wait that
-    /// times out fails the step with an error).
-    pub fn set_chain(&self, on: bool) {
-        self.rec_raw().chain_on = on;
-    }
-
-    /// Whether decode kernels are chained now.
-    pub fn chain(&self) -> bool {
-        self.rec_raw().chain_on
-    }
-
-    /// Dispatches recorded chained so far.
-    pub fn chained_dispatches(&self) -> u64 {
-        self.rec_raw().chained
     }
 
     /// Whether prefill matmuls run on the tensor cores now.
@@ -2083,14 +2061,9 @@ impl Backend for VulkanBackend {
         } else {
             "portable f32 tiles"
         };
-        let sync = if self.chain() {
-            "chained (MIXQ_VK_CHAIN=1: ordered by a workgroup counter, no barriers)"
-        } else {
-            "a barrier between dependent kernels"
-        };
         format!(
             "vulkan:{} {} ({}, {}): weights {} ({:.1} MiB), {import}; bindings split at {} MiB; \
-             prefill matmul: {prefill}; decode kernels: {sync}",
+             prefill matmul: {prefill}",
             info.index,
             info.name,
             info.device_type,

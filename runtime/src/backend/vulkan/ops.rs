@@ -14,7 +14,7 @@
 use super::device::Device;
 use super::memory::{MemoryUse, RawBuf};
 use super::pipelines::{Pipelines, PUSH_BYTES};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ash::vk;
 use std::collections::HashMap;
 
@@ -65,8 +65,6 @@ pub struct Recorder {
     /// Synchronisations (submit + wait) so far; a step's early submissions are not counted.
     pub submits: u64,
     pub dispatches: u64,
-    /// Dispatches recorded chained ([`Chain`]) so far.
-    pub chained: u64,
     /// RoPE cos/sin tables of the current command buffer, by (pos0, n, half, base, scale) bits:
     /// every layer of a kind shares one. Dropped (returned to the pool) at each submission.
     pub rope_tables: HashMap<[u32; 5], super::VkBuf>,
@@ -110,38 +108,6 @@ pub struct Recorder {
     /// bound of what any scheme that hides the dependencies (persistent kernels, flags) could
     /// win. `mixq-run bench` says so when it is set.
     no_compute_barriers: bool,
-    /// Record the `*_chain` variants of the decode kernels without barriers between them
-    /// ([`Chain`]); off while profiling.
-    pub chain_on: bool,
-    chain: Option<Chain>,
-    /// The last command recorded was a chained dispatch.
-    prev_chained: bool,
-    /// `{name}_chain` of [`super::pipelines::SHADERS`] by name, where there is one.
-    chain_names: HashMap<&'static str, Option<&'static str>>,
-}
-
-/// Chained dispatches (shaders/chain.glsl, shaders/README.md "Chained decode"): consecutive
-/// dispatches of kernels that have a `*_chain` variant are recorded without a pipeline barrier
-/// between them; each of their workgroups waits until the counter of finished workgroups
-/// reaches the number of workgroups chained before its dispatch in this step (pushed as the
-/// last push-constant word), then runs, then adds one. The dependency is the same as a full
-/// barrier's (every earlier chained dispatch has finished); what changes is that the next
-/// dispatch's workgroups are launched, and issue their first weight loads, while the previous
-/// one drains. Any other command keeps its barriers on both sides.
-pub struct Chain {
-    /// [finished workgroups, error bits] (u32 each); device-local.
-    buf: RawBuf,
-    /// Workgroups of the chained dispatches recorded in this step so far.
-    done: u32,
-    /// The counter was zeroed in this step (by the step's first chained dispatch).
-    reset: bool,
-    /// The error word must be cleared too at the next reset (a wait timed out).
-    clear_err: bool,
-}
-
-/// `MIXQ_VK_CHAIN`: "1" chains the decode kernels ([`Chain`]), "0" does not; unset: off.
-pub fn chain_default() -> bool {
-    std::env::var("MIXQ_VK_CHAIN").is_ok_and(|v| v == "1")
 }
 
 /// An add_rms_norm without a next norm not recorded yet (vulkan/mod.rs `try_add_rms_norm`).
@@ -272,7 +238,6 @@ impl Recorder {
                 staging: None,
                 submits: 0,
                 dispatches: 0,
-                chained: 0,
                 rope_tables: HashMap::new(),
                 rotated: None,
                 quantized: None,
@@ -288,10 +253,6 @@ impl Recorder {
                 transfer_since_barrier: true,
                 all_stages: std::env::var("MIXQ_VK_BARRIER").is_ok_and(|v| v == "all"),
                 no_compute_barriers: barriers_off(),
-                chain_on: chain_default(),
-                chain: None,
-                prev_chained: false,
-                chain_names: HashMap::new(),
             })
         }
     }
@@ -309,7 +270,7 @@ impl Recorder {
     /// or update, not a dispatch. The barrier names the transfer stage only where a transfer
     /// is on either side of it (a compute-to-compute barrier is the common case, and the
     /// cheaper one on NVIDIA: measured in shaders/README.md).
-    fn next_command(&mut self, dev: &Device, transfer: bool, chained: bool) -> Result<()> {
+    fn next_command(&mut self, dev: &Device, transfer: bool) -> Result<()> {
         let profiling = self.profiler.as_ref().is_some_and(|p| p.enabled);
         // The first submission of a step is short, so the GPU starts after a few commands
         // rather than after `flush_every` of them.
@@ -323,9 +284,7 @@ impl Recorder {
             self.submit(dev)?;
         }
         let mut skip = std::mem::take(&mut self.no_barrier)
-            || (self.no_compute_barriers && !transfer && !self.transfer_since_barrier)
-            || (chained && self.prev_chained && !self.transfer_since_barrier);
-        self.prev_chained = chained;
+            || (self.no_compute_barriers && !transfer && !self.transfer_since_barrier);
         let d = &dev.device;
         // SAFETY: `cmd` is owned by this recorder and is either initial (reset after the last
         // submission) or recording.
@@ -501,38 +460,8 @@ impl Recorder {
         groups: (u32, u32, u32),
     ) -> Result<()> {
         assert!(push.len() * 4 <= PUSH_BYTES as usize);
-        let profiling = self.profiler.as_ref().is_some_and(|p| p.enabled);
-        let chained = if self.chain_on && !profiling {
-            self.chain_variant(name)
-        } else {
-            None
-        };
-        let mut push = push.to_vec();
-        let (pipeline, layout, set) = match chained {
-            None => self.pipelines.set_arrays(dev, name, spec, bindings)?,
-            Some(chain_name) => {
-                let (counter, target) = self.chain_begin(dev)?;
-                // The last push-constant word (chain.glsl CHAIN_PUSH).
-                let last = PUSH_BYTES as usize / 4 - 1;
-                assert!(
-                    push.len() <= last,
-                    "`{name}` leaves no push word for the chain"
-                );
-                push.resize(last + 1, 0);
-                push[last] = target;
-                let mut with_counter = bindings.to_vec();
-                let counter = [counter];
-                with_counter.push(&counter);
-                self.pipelines
-                    .set_arrays(dev, chain_name, spec, &with_counter)?
-            }
-        };
-        self.next_command(dev, false, chained.is_some())?;
-        if chained.is_some() {
-            let chain = self.chain.as_mut().expect("chain_begin made it");
-            chain.done += groups.0 * groups.1 * groups.2;
-            self.chained += 1;
-        }
+        let (pipeline, layout, set) = self.pipelines.set_arrays(dev, name, spec, bindings)?;
+        self.next_command(dev, false)?;
         let d = &dev.device;
         let bytes: Vec<u8> = push.iter().flat_map(|v| v.to_le_bytes()).collect();
         // SAFETY: the command buffer is recording; pipeline, layout and set are alive and
@@ -555,44 +484,6 @@ impl Recorder {
         Ok(())
     }
 
-    /// The `{name}_chain` pipeline, where build.rs made one.
-    fn chain_variant(&mut self, name: &'static str) -> Option<&'static str> {
-        *self.chain_names.entry(name).or_insert_with(|| {
-            let want = format!("{name}_chain");
-            super::pipelines::SHADERS
-                .iter()
-                .find(|(n, _)| *n == want)
-                .map(|(n, _)| *n)
-        })
-    }
-
-    /// The chain's counter buffer and the number of chained workgroups recorded before the
-    /// next dispatch; the step's first call records the counter's reset.
-    fn chain_begin(&mut self, dev: &Device) -> Result<(vk::Buffer, u32)> {
-        if self.chain.is_none() {
-            self.chain = Some(Chain {
-                buf: RawBuf::new(dev, 64, MemoryUse::GpuOnly)?,
-                done: 0,
-                reset: false,
-                clear_err: true,
-            });
-        }
-        let chain = self.chain.as_ref().unwrap();
-        if !chain.reset {
-            let (buffer, words) = (chain.buf.buffer, if chain.clear_err { 8 } else { 4 });
-            self.next_command(dev, true, false)?;
-            // SAFETY: recording; the range lies inside the 64-byte buffer.
-            unsafe { dev.device.cmd_fill_buffer(self.cmd, buffer, 0, words, 0) };
-            self.mark(dev, "fill");
-            let chain = self.chain.as_mut().unwrap();
-            chain.done = 0;
-            chain.reset = true;
-            chain.clear_err = false;
-        }
-        let chain = self.chain.as_ref().unwrap();
-        Ok((chain.buf.buffer, chain.done))
-    }
-
     /// Records buffer-to-buffer copies (byte offsets and sizes).
     pub fn copy(
         &mut self,
@@ -604,7 +495,7 @@ impl Recorder {
         if regions.is_empty() {
             return Ok(());
         }
-        self.next_command(dev, true, false)?;
+        self.next_command(dev, true)?;
         // SAFETY: recording; the regions lie inside both buffers (callers check lengths).
         unsafe { dev.device.cmd_copy_buffer(self.cmd, src, dst, regions) };
         self.mark(dev, "copy");
@@ -621,7 +512,7 @@ impl Recorder {
     ) -> Result<()> {
         assert!(data.len() % 4 == 0 && offset % 4 == 0);
         for (i, piece) in data.chunks(UPDATE_MAX).enumerate() {
-            self.next_command(dev, true, false)?;
+            self.next_command(dev, true)?;
             // SAFETY: recording; size <= 65536 and 4-byte aligned as the spec requires.
             unsafe {
                 dev.device
@@ -655,10 +546,6 @@ impl Recorder {
         self.spare.append(&mut self.in_flight);
         self.commands = 0;
         self.no_barrier = false;
-        self.prev_chained = false;
-        if let Some(c) = self.chain.as_mut() {
-            c.reset = false;
-        }
         self.submits += 1;
         self.collect(dev)?;
         self.rope_tables.clear();
@@ -672,18 +559,6 @@ impl Recorder {
     /// Copies byte ranges (src buffer, offset, size) into the readback buffer, submits, waits,
     /// and returns the bytes, concatenated.
     pub fn read(&mut self, dev: &Device, parts: &[(vk::Buffer, u64, u64)]) -> Result<Vec<u8>> {
-        // A chained step also reads back the chain's error word (chain.glsl: a wait that gave
-        // up), so a device that does not launch dispatches in order fails loudly.
-        let chain_err = self
-            .chain
-            .as_ref()
-            .filter(|c| c.reset)
-            .map(|c| c.buf.buffer);
-        let mut parts = parts.to_vec();
-        if let Some(b) = chain_err {
-            parts.push((b, 4, 4));
-        }
-        let parts = &parts[..];
         let total: u64 = parts.iter().map(|p| p.2).sum();
         if self.readback.as_ref().is_none_or(|r| r.size < total) {
             self.submit_wait(dev)?;
@@ -719,17 +594,6 @@ impl Recorder {
         // SAFETY: the mapping covers `size >= total` bytes and the GPU finished writing them
         // (fence waited); the memory is host-coherent.
         unsafe { std::ptr::copy_nonoverlapping(ptr, out.as_mut_ptr(), total as usize) };
-        if chain_err.is_some() {
-            let word = out.split_off(out.len() - 4);
-            if u32::from_le_bytes([word[0], word[1], word[2], word[3]]) & 1 != 0 {
-                self.chain.as_mut().unwrap().clear_err = true;
-                bail!(
-                    "chained decode: a dispatch waited too long for the one before it (this \
-                     device does not run chained dispatches in order), so this step's results \
-                     are wrong; run with MIXQ_VK_CHAIN=0"
-                );
-            }
-        }
         Ok(out)
     }
 
@@ -784,7 +648,7 @@ impl Recorder {
         }
         let pool = self.profiler.as_ref().map(|p| (p.pool, p.period_ns));
         // Begins the command buffer (the commands below each get their barrier).
-        self.next_command(dev, transfer, false)?;
+        self.next_command(dev, transfer)?;
         let d = &dev.device;
         if let Some((qp, _)) = pool {
             // SAFETY: recording; queries 0 and 1 are reset before they are written.
@@ -852,9 +716,6 @@ impl Recorder {
         }
         if let Some(b) = self.attn_counters.take() {
             b.destroy(dev);
-        }
-        if let Some(c) = self.chain.take() {
-            c.buf.destroy(dev);
         }
         if let Some(b) = self.readback.take() {
             b.destroy(dev);
