@@ -306,8 +306,17 @@ fn coop_tile(n: usize, forced: usize) -> usize {
 /// least 16 keys and at most 64 splits (attention_combine_f32's limit): a 27B decode (32 heads)
 /// at 192 positions runs 12 splits of 16 keys, at 4096 positions 32 splits of 128 keys;
 /// prefills with >= 1024 pairs take one workgroup per pair and skip the combine.
+/// `MIXQ_VK_ATTN_WG` overrides the ~1024 workgroups aimed at (a measurement knob).
 fn attention_splits(rows: usize, span: usize) -> (usize, usize) {
-    let want = (1024 / rows.max(1))
+    static TARGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let target = *TARGET.get_or_init(|| {
+        std::env::var("MIXQ_VK_ATTN_WG")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&v: &usize| (1..=65536).contains(&v))
+            .unwrap_or(1024)
+    });
+    let want = (target / rows.max(1))
         .clamp(1, 64)
         .min(span.div_ceil(16))
         .max(1);
