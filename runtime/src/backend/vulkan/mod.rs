@@ -462,31 +462,34 @@ fn q8_key(src: vk::Buffer, cols: usize, rot: Option<(usize, u64)>) -> Q8Key {
 }
 
 /// Specialization of the row-norm kernels (rownorm.glsl): (workgroup size, vec4s per
-/// invocation held in registers). 1024 x 4 by default (rows up to 16384): on the H100 the
-/// 27B's add_rms_norm took 11.8 us per call so, 17.2 us with 256 x 8 and 23+ with 128 x 16 (one
-/// workgroup per row is latency-bound: more invocations, fewer dependent steps each).
-/// `MIXQ_VK_NORM` = "wg:nv" overrides it; rows wider than 4 x wg x nv fall back to 1024 x 4.
+/// invocation held in registers). 1024 invocations with the fewest vec4s that hold the row
+/// (1 up to 4096 wide, 2 for the 27B's 5376; rows up to 16384): one workgroup per row is
+/// latency-bound, so more invocations and fewer (unrolled) steps each win. On the H100 the
+/// 27B's add_rms_norm takes 7.9 us per call at 1024 x 2 against 10.0 at 1024 x 4 (decode
+/// tg64 111.7 against 108.1 / 107.4 tok/s), 11.8 before the rotation moved into shuffles,
+/// 17.2 at 256 x 8 and 23+ at 128 x 16. `MIXQ_VK_NORM` = "wg:nv" overrides it; rows wider
+/// than 4 x wg x nv fall back to the default.
 fn norm_shape(d: usize) -> Result<[u32; 2]> {
-    static SHAPE: std::sync::OnceLock<[u32; 2]> = std::sync::OnceLock::new();
-    let shape = *SHAPE.get_or_init(|| {
-        std::env::var("MIXQ_VK_NORM")
-            .ok()
-            .and_then(|s| {
-                let v: Vec<u32> = s.split(':').filter_map(|x| x.parse().ok()).collect();
-                let ok = v.len() == 2
-                    && [64, 128, 256, 512, 1024].contains(&v[0])
-                    && (1..=16).contains(&v[1]);
-                ok.then(|| [v[0], v[1]])
-            })
-            .unwrap_or([1024, 4])
+    static SHAPE: std::sync::OnceLock<Option<[u32; 2]>> = std::sync::OnceLock::new();
+    let fixed = *SHAPE.get_or_init(|| {
+        std::env::var("MIXQ_VK_NORM").ok().and_then(|s| {
+            let v: Vec<u32> = s.split(':').filter_map(|x| x.parse().ok()).collect();
+            let ok = v.len() == 2
+                && [64, 128, 256, 512, 1024].contains(&v[0])
+                && (1..=16).contains(&v[1]);
+            if !ok {
+                eprintln!("warning: MIXQ_VK_NORM={s} ignored: want wg:nv, wg 64-1024 (a power of two), nv 1-16");
+            }
+            ok.then(|| [v[0], v[1]])
+        })
     });
-    if d <= 4 * (shape[0] * shape[1]) as usize {
-        Ok(shape)
-    } else if d <= 16384 {
-        Ok([1024, 4])
-    } else {
-        bail!("rms norm over {d} values: the Vulkan norm kernels take rows of at most 16384")
+    if d > 16384 {
+        bail!("rms norm over {d} values: the Vulkan norm kernels take rows of at most 16384");
     }
+    let default = [1024, d.div_ceil(4096).max(1) as u32];
+    Ok(fixed
+        .filter(|s| d <= 4 * (s[0] * s[1]) as usize)
+        .unwrap_or(default))
 }
 
 /// The push constants matmul.comp and matmul_coop.comp share, in their order: the chunk's
