@@ -312,8 +312,13 @@ fn attention_splits(rows: usize, span: usize) -> (usize, usize) {
     let target = *TARGET.get_or_init(|| {
         std::env::var("MIXQ_VK_ATTN_WG")
             .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&v: &usize| (1..=65536).contains(&v))
+            .and_then(|s| {
+                let v = s.parse().ok().filter(|v: &usize| (1..=65536).contains(v));
+                if v.is_none() {
+                    eprintln!("warning: MIXQ_VK_ATTN_WG={s} ignored: want 1-65536");
+                }
+                v
+            })
             .unwrap_or(1024)
     });
     let want = (target / rows.max(1))
