@@ -722,8 +722,8 @@ fn matvec_int8_activations() {
     let (c, v) = (cpu(), vk_default());
     assert!(v.int8_activations());
     for q in QType::ALL.into_iter().filter(|&q| is_int(q)) {
-        // 320 columns: a width that is no multiple of 128 (x's scales and sums then start
-        // at no 16-byte boundary); I2 needs 128-wide super-blocks.
+        // 320 columns: a width that is no multiple of 128, which the 4-bit and 8-bit formats
+        // allow (I2 needs 128-wide super-blocks).
         for (rows, cols) in [(70, 256), (2051, 128), (515, 1536), (300, 6144), (33, 320)] {
             if q == QType::I2Structured && cols % 128 != 0 {
                 continue;

@@ -68,7 +68,7 @@ impl ModelArgs {
         if mixq_runtime::backend::vulkan::ops::barriers_off() {
             eprintln!("warning: MIXQ_VK_BARRIER=none: no barriers between GPU commands; the output is wrong, only the timing is meant (a bound for hiding dependencies)");
         }
-        if std::env::var("MIXQ_VK_SG_PROBE").is_ok_and(|v| v == "1") {
+        if mixq_runtime::backend::vulkan::sg_probe() {
             eprintln!("warning: MIXQ_VK_SG_PROBE=1: decode matvecs read their codes without decoding them; the output is wrong, only the timing is meant");
         }
         be.set_coop_matmul(!self.vk_portable_prefill);

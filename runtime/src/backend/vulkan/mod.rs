@@ -300,6 +300,46 @@ fn coop_tile(n: usize, forced: usize) -> usize {
     }
 }
 
+/// A measurement knob: `var` = "a:b:..." (u32s), read once by the caller. The values when
+/// `valid` accepts them; else a warning naming what `want`s and None (the default applies).
+fn env_knob(var: &str, valid: impl Fn(&[u32]) -> bool, want: &str) -> Option<Vec<u32>> {
+    let s = std::env::var(var).ok()?;
+    let v: Vec<u32> = s
+        .split(':')
+        .map(|x| x.parse())
+        .collect::<Result<_, _>>()
+        .unwrap_or_default();
+    if valid(&v) {
+        Some(v)
+    } else {
+        eprintln!("warning: {var}={s} ignored: want {want}");
+        None
+    }
+}
+
+/// "wg:rows:unroll" knobs of the matvec kernels: (wg, rows, unroll) when wg is one of `wgs`,
+/// rows 1..=`rows` and unroll 1..=`unroll`.
+fn env_matvec_shape(var: &str, wgs: &[u32], rows: u32, unroll: u32) -> Option<(u32, u32, u32)> {
+    let want = format!("wg:rows:unroll, wg one of {wgs:?}, rows 1-{rows}, unroll 1-{unroll}");
+    env_knob(
+        var,
+        |v| {
+            v.len() == 3
+                && wgs.contains(&v[0])
+                && (1..=rows).contains(&v[1])
+                && (1..=unroll).contains(&v[2])
+        },
+        &want,
+    )
+    .map(|v| (v[0], v[1], v[2]))
+}
+
+/// `MIXQ_VK_SG_PROBE=1` (a timing experiment, see [`SgConfig`]'s `probe`), read once.
+pub fn sg_probe() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MIXQ_VK_SG_PROBE").is_ok_and(|v| v == "1"))
+}
+
 /// Split-K of attention_f32 for `rows` (token, head) pairs whose longest key range is `span`:
 /// (keys per split, splits). Aims at ~1024 workgroups (an H100 has 132 SMs; a workgroup's
 /// time is a few dependent load rounds per key block, so short chunks finish sooner) with at
@@ -310,16 +350,8 @@ fn coop_tile(n: usize, forced: usize) -> usize {
 fn attention_splits(rows: usize, span: usize) -> (usize, usize) {
     static TARGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let target = *TARGET.get_or_init(|| {
-        std::env::var("MIXQ_VK_ATTN_WG")
-            .ok()
-            .and_then(|s| {
-                let v = s.parse().ok().filter(|v: &usize| (1..=65536).contains(v));
-                if v.is_none() {
-                    eprintln!("warning: MIXQ_VK_ATTN_WG={s} ignored: want 1-65536");
-                }
-                v
-            })
-            .unwrap_or(1024)
+        let valid = |v: &[u32]| v.len() == 1 && (1..=65536).contains(&v[0]);
+        env_knob("MIXQ_VK_ATTN_WG", valid, "1-65536").map_or(1024, |v| v[0] as usize)
     });
     let want = (target / rows.max(1))
         .clamp(1, 64)
@@ -348,18 +380,8 @@ fn matvec_shape(q: QType, cols: usize, rows: usize, kind: MatvecKind) -> (u32, u
     type Shape = Option<(u32, u32, u32)>;
     static OVERRIDES: std::sync::OnceLock<[Shape; 3]> = std::sync::OnceLock::new();
     let overrides = OVERRIDES.get_or_init(|| {
-        ["MIXQ_VK_MV", "MIXQ_VK_MV_QKV", "MIXQ_VK_MV_GELU"].map(|var| {
-            let s = std::env::var(var).ok()?;
-            let v: Vec<u32> = s.split(':').filter_map(|x| x.parse().ok()).collect();
-            let ok = v.len() == 3
-                && [64, 128, 256].contains(&v[0])
-                && (1..=8).contains(&v[1])
-                && (1..=2).contains(&v[2]);
-            if !ok {
-                eprintln!("warning: {var}={s} ignored: want wg:rows:unroll, wg 64/128/256, rows 1-8, unroll 1-2");
-            }
-            ok.then(|| (v[0], v[1], v[2]))
-        })
+        ["MIXQ_VK_MV", "MIXQ_VK_MV_QKV", "MIXQ_VK_MV_GELU"]
+            .map(|var| env_matvec_shape(var, &[64, 128, 256], 8, 2))
     });
     if let Some(shape) = overrides[kind as usize] {
         return shape;
@@ -404,20 +426,7 @@ fn sg_config() -> &'static SgConfig {
     static CONFIG: std::sync::OnceLock<SgConfig> = std::sync::OnceLock::new();
     CONFIG.get_or_init(|| {
         let shape = |var: &str, default: (u32, u32, u32)| {
-            std::env::var(var)
-                .ok()
-                .and_then(|s| {
-                    let v: Vec<u32> = s.split(':').filter_map(|x| x.parse().ok()).collect();
-                    let ok = v.len() == 3
-                        && [64, 128, 256, 512, 1024].contains(&v[0])
-                        && (1..=4).contains(&v[1])
-                        && (1..=4).contains(&v[2]);
-                    if !ok {
-                        eprintln!("warning: {var}={s} ignored: want wg:rows:unroll, wg 64-1024 (a power of two), rows 1-4, unroll 1-4");
-                    }
-                    ok.then(|| (v[0], v[1], v[2]))
-                })
-                .unwrap_or(default)
+            env_matvec_shape(var, &[64, 128, 256, 512, 1024], 4, 4).unwrap_or(default)
         };
         SgConfig {
             on: std::env::var("MIXQ_VK_SG").map_or(true, |v| v != "0"),
@@ -432,7 +441,7 @@ fn sg_config() -> &'static SgConfig {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1 << 16),
-            probe: u32::from(std::env::var("MIXQ_VK_SG_PROBE").is_ok_and(|v| v == "1")),
+            probe: u32::from(sg_probe()),
         }
     })
 }
@@ -477,16 +486,15 @@ fn q8_key(src: vk::Buffer, cols: usize, rot: Option<(usize, u64)>) -> Q8Key {
 fn norm_shape(d: usize) -> Result<[u32; 2]> {
     static SHAPE: std::sync::OnceLock<Option<[u32; 2]>> = std::sync::OnceLock::new();
     let fixed = *SHAPE.get_or_init(|| {
-        std::env::var("MIXQ_VK_NORM").ok().and_then(|s| {
-            let v: Vec<u32> = s.split(':').filter_map(|x| x.parse().ok()).collect();
-            let ok = v.len() == 2
-                && [64, 128, 256, 512, 1024].contains(&v[0])
-                && (1..=16).contains(&v[1]);
-            if !ok {
-                eprintln!("warning: MIXQ_VK_NORM={s} ignored: want wg:nv, wg 64-1024 (a power of two), nv 1-16");
-            }
-            ok.then(|| [v[0], v[1]])
-        })
+        let valid = |v: &[u32]| {
+            v.len() == 2 && [64, 128, 256, 512, 1024].contains(&v[0]) && (1..=16).contains(&v[1])
+        };
+        env_knob(
+            "MIXQ_VK_NORM",
+            valid,
+            "wg:nv, wg 64-1024 (a power of two), nv 1-16",
+        )
+        .map(|v| [v[0], v[1]])
     });
     if d > 16384 {
         bail!("rms norm over {d} values: the Vulkan norm kernels take rows of at most 16384");
