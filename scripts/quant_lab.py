@@ -18,7 +18,11 @@ METHOD is rtn (min/max), gptq (damp 0.1, group grid fitted when the group starts
 (gptq, then every row's group grid refitted by least squares with the codes fixed; gptqlsN:
 N rounds, GPTQ re-run on the refitted grids between them), gptq_ao
 (act-order with static groups), or rot128 (block-Hadamard rotation, then gptq).
---search fits every group's (scale, min) by a clipping grid weighted by diag(H).
+--search fits every group's (scale, min) by a clipping grid weighted by diag(H), as the
+converter does (without it the grid is plain min/max). --spread takes the calibration sequences
+at evenly spaced points of the calibration text (the converter's default) instead of from its
+start. The evaluation tokens are scored in windows of --window (1024), each from <bos>, as the
+converter's report does; --damp sets GPTQ's dampening (0.1 of mean(diag H)).
 """
 from __future__ import annotations
 
@@ -183,26 +187,42 @@ def main():
     ap.add_argument("--calib", default="models/data/calib.txt")
     ap.add_argument("--eval-tokens", type=int, default=1024)
     ap.add_argument("--calib-seqs", type=int, default=4, help="sequences of 512 tokens")
+    ap.add_argument("--spread", action="store_true", help="calibration sequences spread evenly over the whole calibration text, not taken from its start")
+    ap.add_argument("--window", type=int, default=1024, help="score the evaluation tokens in windows of this many, each from <bos> (as the converter's report)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--search", action="store_true")
+    ap.add_argument("--damp", type=float, default=0.1, help="GPTQ dampening, a fraction of mean(diag H)")
     ap.add_argument("--temp", action="store_true", help="also fit one logit scale on the calibration text")
     ap.add_argument("--exp", action="append", required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     tok = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="eager").eval()
-    eids = tok(open(a.eval).read(), return_tensors="pt").input_ids[0][: a.eval_tokens + 1]
-    cids = tok(open(a.calib).read(), return_tensors="pt").input_ids[0][1:]
     bos = torch.tensor([tok.bos_token_id])
-    calib = [torch.cat([bos, cids[i * 511 : (i + 1) * 511]]) for i in range(a.calib_seqs)]
+    eall = tok(open(a.eval).read(), return_tensors="pt").input_ids[0][1:]
+    # windows of `window` tokens, each from <bos>, overlapping by nothing: window - 1 text tokens
+    # scored per window, a.eval_tokens in all
+    step = a.window - 1
+    ewins = [torch.cat([bos, eall[i : i + step]]) for i in range(0, min(a.eval_tokens, len(eall)), step)]
+    cids = tok(open(a.calib).read(), return_tensors="pt").input_ids[0][1:]
+    if a.spread:
+        last = len(cids) - 511
+        starts = [round(k * last / max(a.calib_seqs - 1, 1)) for k in range(a.calib_seqs)]
+    else:
+        starts = [i * 511 for i in range(a.calib_seqs)]
+    calib = [torch.cat([bos, cids[s : s + 511]]) for s in starts]
     orig = {n: p.detach().clone() for n, p in model.named_parameters()}
     linears = [n for n in orig if n.endswith("proj.weight")]
     mods = dict(model.named_modules())
 
     @torch.no_grad()
     def ppl(t=1.0):
-        lp = torch.log_softmax(model(eids[None]).logits[0, :-1].float() * t, -1)
-        return math.exp(-lp.gather(1, eids[1:, None]).mean().item())
+        nll, n = 0.0, 0
+        for w in ewins:
+            lp = torch.log_softmax(model(w[None]).logits[0, :-1].float() * t, -1)
+            nll -= lp.gather(1, w[1:, None]).sum().item()
+            n += len(w) - 1
+        return math.exp(nll / n)
 
     t0 = time.time()
     p_ref = ppl()
@@ -220,7 +240,7 @@ def main():
             model(s[None])
     for h in hooks:
         h.remove()
-    print(f"PPL_ref {p_ref:.3f} ({a.eval_tokens} tokens of {a.eval}); Hessians in {time.time() - t0:.0f} s", flush=True)
+    print(f"PPL_ref {p_ref:.3f} ({sum(len(w) - 1 for w in ewins)} tokens of {a.eval} in windows of {a.window}); calibration {a.calib_seqs} x 512 {'spread' if a.spread else 'from the start'}; Hessians in {time.time() - t0:.0f} s", flush=True)
 
     for exp in a.exp:
         classes, bits, g, method = exp.split(":")
@@ -235,13 +255,13 @@ def main():
                 if method == "rtn":
                     Q = rtn(W, bits, g, a.search)
                 elif method == "gptq":
-                    Q = gptq(W, H[n], bits, g, a.search)
+                    Q = gptq(W, H[n], bits, g, a.search, damp=a.damp)
                 elif method == "gptqls":
-                    Q = gptq(W, H[n], bits, g, a.search, refit=True)
+                    Q = gptq(W, H[n], bits, g, a.search, refit=True, damp=a.damp)
                 elif method.startswith("gptqls"):
-                    Q = gptq(W, H[n], bits, g, a.search, refit=True, rounds=int(method[6:]))
+                    Q = gptq(W, H[n], bits, g, a.search, refit=True, rounds=int(method[6:]), damp=a.damp)
                 elif method == "gptq_ao":
-                    Q = gptq(W, H[n], bits, g, a.search, actorder=True)
+                    Q = gptq(W, H[n], bits, g, a.search, actorder=True, damp=a.damp)
                 elif method.startswith("rot"):
                     Q = rotated(W, H[n], bits, g, a.search, int(method[3:]))
                 else:

@@ -14,7 +14,7 @@ pub mod tokens;
 
 pub use driver::{Calibrator, LayerStats};
 pub use hessian::Hessian;
-pub use tokens::CalibSet;
+pub use tokens::{CalibSet, Sampling};
 
 /// Errors of calibration: bad text, bad sizes.
 #[derive(Debug, thiserror::Error)]

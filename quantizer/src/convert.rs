@@ -39,7 +39,7 @@ use crate::search::{
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use mixq_calibration::driver::site_index;
-use mixq_calibration::{CalibSet, Calibrator};
+use mixq_calibration::{CalibSet, Calibrator, Sampling};
 use mixq_format::checkpoint::{expected_tensors, HfCheckpoint};
 use mixq_format::mixq::{self as mixqfmt, FileMeta, MixqWriter};
 use mixq_format::profile::{self, DeviceProfile, Plan, TensorSpec};
@@ -84,12 +84,18 @@ pub struct ConvertArgs {
     /// evaluation text.
     #[arg(long, value_name = "FILE")]
     pub calib: Option<PathBuf>,
-    /// Calibration tokens (in sequences of --calib-seq-len, each starting with <bos>).
+    /// Calibration tokens (in sequences of --calib-seq-len, each starting with <bos>, taken at
+    /// evenly spaced points of the calibration text).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CALIB_TOKENS)]
     pub calib_tokens: usize,
     /// Tokens per calibration sequence.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SEQ_LEN)]
     pub calib_seq_len: usize,
+    /// Take the calibration sequences one after another from the start of the text, instead of
+    /// spread evenly over all of it (the default: a calibration file is usually several sources
+    /// in a row). Reproduces files converted before the spread.
+    #[arg(long)]
+    pub calib_from_start: bool,
     /// Evaluation text for the end-to-end retention figures (default: models/data/eval.txt
     /// beside the checkpoint).
     #[arg(long, value_name = "FILE")]
@@ -208,6 +214,11 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
         &calib_path.display().to_string(),
         a.calib_tokens,
         a.calib_seq_len,
+        if a.calib_from_start {
+            Sampling::Start
+        } else {
+            Sampling::Spread
+        },
     )?;
 
     // ---- the plan: types, methods, transforms, placement
@@ -236,6 +247,7 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
                 "gptq_refit": a.refit,
                 "calib_tokens": calib.tokens(),
                 "calib_seq_len": calib.seq_len,
+                "calib_sampling": if a.calib_from_start { "start" } else { "spread" },
             }),
         },
     };

@@ -48,6 +48,7 @@ fn args(model: &Path, out: &Path, recipe: &str) -> ConvertArgs {
         calib: Some(workspace().join("models/data/calib.txt")),
         calib_tokens: 128,
         calib_seq_len: 128,
+        calib_from_start: false,
         eval: Some(workspace().join("models/data/eval.txt")),
         eval_tokens: 32,
         no_eval: false,

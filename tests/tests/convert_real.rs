@@ -19,6 +19,7 @@ fn args(out: &Path, recipe: &str) -> ConvertArgs {
         calib: Some(workspace().join("models/data/calib.txt")),
         calib_tokens: 256,
         calib_seq_len: 256,
+        calib_from_start: false,
         eval: None,
         eval_tokens: 64,
         no_eval: true,
