@@ -534,10 +534,15 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
         .collect();
     let mut notes = report::placement_notes_from_plan(&plan);
     notes.push(format!(
-        "calibration: {} tokens ({} sequences of up to {}, each from <bos>) of {}; evaluation text never used for calibration",
+        "calibration: {} tokens ({} sequences of up to {}, each from <bos>, {}) of {}; evaluation text never used for calibration",
         calib.tokens(),
         calib.sequences.len(),
         calib.seq_len,
+        if a.calib_from_start {
+            "one after another from the start of the text"
+        } else {
+            "spread evenly over the text"
+        },
         calib_path.display()
     ));
     if !equalized.is_empty() {
