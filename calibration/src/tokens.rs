@@ -25,6 +25,24 @@ pub enum Sampling {
     Start,
 }
 
+impl Sampling {
+    /// The short name the recipe options record.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sampling::Spread => "spread",
+            Sampling::Start => "start",
+        }
+    }
+
+    /// How the report describes the placement.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Sampling::Spread => "spread evenly over the text",
+            Sampling::Start => "one after another from the start of the text",
+        }
+    }
+}
+
 /// The calibration token sequences.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CalibSet {
@@ -33,6 +51,8 @@ pub struct CalibSet {
     /// Each `<bos>` + `seq_len - 1` text tokens.
     pub sequences: Vec<Vec<u32>>,
     pub seq_len: usize,
+    /// How the sequences were placed in the text.
+    pub sampling: Sampling,
     /// Tokens in the whole text (without `<bos>`), for the report.
     pub text_tokens: usize,
 }
@@ -91,6 +111,7 @@ impl CalibSet {
             source: source.into(),
             sequences,
             seq_len,
+            sampling,
             text_tokens: ids.len(),
         })
     }

@@ -249,7 +249,7 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
                 "gptq_refit": a.refit,
                 "calib_tokens": calib.tokens(),
                 "calib_seq_len": calib.seq_len,
-                "calib_sampling": if a.calib_from_start { "start" } else { "spread" },
+                "calib_sampling": calib.sampling.name(),
             }),
         },
     };
@@ -538,11 +538,7 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
         calib.tokens(),
         calib.sequences.len(),
         calib.seq_len,
-        if a.calib_from_start {
-            "one after another from the start of the text"
-        } else {
-            "spread evenly over the text"
-        },
+        calib.sampling.describe(),
         calib_path.display()
     ));
     if !equalized.is_empty() {
