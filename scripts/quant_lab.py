@@ -17,7 +17,13 @@ k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (the others stay full prec
 METHOD is rtn (min/max), gptq (damp 0.1, group grid fitted when the group starts), gptqls
 (gptq, then every row's group grid refitted by least squares with the codes fixed; gptqlsN:
 N rounds, GPTQ re-run on the refitted grids between them), gptq_ao
-(act-order with static groups), or rot128 (block-Hadamard rotation, then gptq).
+(act-order with static groups), gptqn (gptq with norm-aware Hessians for o/down and, per
+head, q/k: tokens weighted by 1/mean(y_t^2) of the linear's output, since an RMSNorm follows),
+gptqs (every linear of a sublayer with its tokens weighted by 1/mean(y_t^2) of the sublayer's
+output, o_proj's or down_proj's, which the post-norm divides by), gptqo / gptqk (gptqn's
+weighting on o/down only / on q/k only), gptqr (gptqo's o/down weights also divided by
+the mean square of the residual stream entering the layer),
+or rot128 (block-Hadamard rotation, then gptq).
 --search fits every group's (scale, min) by a clipping grid weighted by diag(H), as the
 converter does (without it the grid is plain min/max). --spread takes the calibration sequences
 at evenly spaced points of the calibration text (the converter's default) instead of from its
@@ -193,11 +199,13 @@ def main():
     ap.add_argument("--search", action="store_true")
     ap.add_argument("--damp", type=float, default=0.1, help="GPTQ dampening, a fraction of mean(diag H)")
     ap.add_argument("--temp", action="store_true", help="also fit one logit scale on the calibration text")
+    ap.add_argument("--kl", action="store_true", help="also score KL(P_ref || P_quant) and top-1 agreement against a second, full-precision copy of the model")
     ap.add_argument("--exp", action="append", required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     tok = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="eager").eval()
+    ref_model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="eager").eval() if a.kl else None
     bos = torch.tensor([tok.bos_token_id])
     eall = tok(open(a.eval).read(), return_tensors="pt").input_ids[0][1:]
     # windows of `window` tokens, each from <bos>, overlapping by nothing: window - 1 text tokens
@@ -215,13 +223,20 @@ def main():
     linears = [n for n in orig if n.endswith("proj.weight")]
     mods = dict(model.named_modules())
 
+    stats = {}
+
     @torch.no_grad()
     def ppl(t=1.0):
-        nll, n = 0.0, 0
+        nll, n, kl, top = 0.0, 0, 0.0, 0
         for w in ewins:
             lp = torch.log_softmax(model(w[None]).logits[0, :-1].float() * t, -1)
             nll -= lp.gather(1, w[1:, None]).sum().item()
             n += len(w) - 1
+            if ref_model is not None:
+                lr = torch.log_softmax(ref_model(w[None]).logits[0, :-1].float(), -1)
+                kl += (lr.exp() * (lr - lp)).sum().item()
+                top += (lr.argmax(-1) == lp.argmax(-1)).sum().item()
+        stats["kl"], stats["top1"] = kl / n, top / n
         return math.exp(nll / n)
 
     t0 = time.time()
@@ -229,12 +244,42 @@ def main():
     if a.temp:
         with torch.no_grad():
             ref_lp = [torch.log_softmax(model(c[None]).logits[0].float(), -1) for c in calib]
-    H, hooks = {}, []
+    H, HN, HS, HR, PEND, RES, hooks = {}, {}, {}, {}, {}, {}, []
+    hd = model.config.head_dim
     for n in linears:
-        def hook(_m, inp, _out, n=n):
+        def hook(_m, inp, out, n=n):
             x = inp[0].reshape(-1, inp[0].shape[-1]).double()
             H[n] = H.get(n, 0) + x.T @ x
+            # Norm-aware Hessians: o/down outputs pass through an RMSNorm (post-attention /
+            # post-FFN) before the residual, q/k outputs through a per-head RMSNorm, so an
+            # output error at token t counts scaled by 1/rms(y_t) (per head for q/k).
+            y = out.reshape(-1, out.shape[-1]).double()
+            if any(c in n for c in ("o_proj", "down_proj")):
+                wt = 1.0 / (y.pow(2).mean(1) + 1e-12)
+                HN[n] = HN.get(n, 0) + (x * wt[:, None]).T @ x
+                # ... and by 1/mean(x_t^2) of the residual stream entering the layer: the
+                # later layers' pre-norms see the added error relative to it
+                wr = wt / (RES["ms"] + 1e-12)
+                HR[n] = HR.get(n, 0) + (x * wr[:, None]).T @ x
+                # the whole sublayer's linears at the same token weights (q/k/v or gate/up
+                # waited in PEND for the sublayer's output)
+                HS[n] = HS.get(n, 0) + (x * wt[:, None]).T @ x
+                for m, xm in PEND.items():
+                    HS[m] = HS.get(m, 0) + (xm * wt[:, None]).T @ xm
+                PEND.clear()
+            else:
+                PEND[n] = x
+            if any(c in n for c in ("q_proj", "k_proj")):
+                yh = y.reshape(y.shape[0], -1, hd)
+                wt = 1.0 / (yh.pow(2).mean(2) + 1e-12)  # [T, heads]
+                hs = HN.get(n, [0] * yh.shape[1])
+                HN[n] = [hs[h] + (x * wt[:, h, None]).T @ x for h in range(yh.shape[1])]
         hooks.append(mods[n[: -len(".weight")]].register_forward_hook(hook))
+    for layer in model.model.layers:
+        def pre(_m, args, kwargs):
+            hs = args[0] if args else kwargs["hidden_states"]
+            RES["ms"] = hs.reshape(-1, hs.shape[-1]).double().pow(2).mean(1)
+        hooks.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
     with torch.no_grad():
         for s in calib:
             model(s[None])
@@ -256,6 +301,22 @@ def main():
                     Q = rtn(W, bits, g, a.search)
                 elif method == "gptq":
                     Q = gptq(W, H[n], bits, g, a.search, damp=a.damp)
+                elif method in ("gptqn", "gptqo", "gptqk"):
+                    # norm-aware Hessians where the output is normalized (q/k per head);
+                    # gptqo: o/down only, gptqk: q/k only
+                    hn = HN.get(n)
+                    if (method == "gptqo" and isinstance(hn, list)) or (method == "gptqk" and not isinstance(hn, list)):
+                        hn = None
+                    if hn is None:
+                        Q = gptq(W, H[n], bits, g, a.search, damp=a.damp)
+                    elif isinstance(hn, list):
+                        Q = torch.cat([gptq(W[h * hd : (h + 1) * hd], hn[h], bits, g, a.search, damp=a.damp) for h in range(len(hn))])
+                    else:
+                        Q = gptq(W, hn, bits, g, a.search, damp=a.damp)
+                elif method == "gptqr":
+                    Q = gptq(W, HR.get(n, H[n]), bits, g, a.search, damp=a.damp)
+                elif method == "gptqs":
+                    Q = gptq(W, HS[n], bits, g, a.search, damp=a.damp)
                 elif method == "gptqls":
                     Q = gptq(W, H[n], bits, g, a.search, refit=True, damp=a.damp)
                 elif method.startswith("gptqls"):
@@ -268,7 +329,8 @@ def main():
                     raise SystemExit(f"unknown method {method}")
                 p.copy_(Q)
         p = ppl()
-        print(f"{exp}: PPL {p:.3f}, retention (PPL ratio) {100 * p_ref / p:.2f} % [{time.time() - t0:.0f} s]", flush=True)
+        extra = f", KL {stats['kl']:.4f}, top-1 {100 * stats['top1']:.2f} %" if a.kl else ""
+        print(f"{exp}: PPL {p:.3f}, retention (PPL ratio) {100 * p_ref / p:.2f} %{extra} [{time.time() - t0:.0f} s]", flush=True)
         if a.temp:
             # One logit scale fitted on the calibration text (KL to the reference's), applied
             # to the evaluation text: is the quantized model's confidence off by a constant?
