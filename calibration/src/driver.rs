@@ -22,23 +22,68 @@ pub const SITES: [Site; 4] = [
     Site::FfnHidden,
 ];
 
-/// Index of a site in [`SITES`].
-pub fn site_index(s: Site) -> usize {
+/// Index of a site in [`SITES`]; `None` for the branch outputs, which have no Hessian.
+pub fn site_index(s: Site) -> Option<usize> {
     match s {
-        Site::AttnInput => 0,
-        Site::AttnOutput => 1,
-        Site::FfnInput => 2,
-        Site::FfnHidden => 3,
+        Site::AttnInput => Some(0),
+        Site::AttnOutput => Some(1),
+        Site::FfnInput => Some(2),
+        Site::FfnHidden => Some(3),
+        Site::AttnBranch | Site::FfnBranch => None,
     }
 }
 
-/// The input width of each site.
+/// The width of each site's activations.
 pub fn site_width(c: &Gemma3Config, s: Site) -> usize {
     match s {
-        Site::AttnInput | Site::FfnInput => c.hidden_size,
+        Site::AttnInput | Site::FfnInput | Site::AttnBranch | Site::FfnBranch => c.hidden_size,
         Site::AttnOutput => c.q_dim(),
         Site::FfnHidden => c.intermediate_size,
     }
+}
+
+/// How calibration tokens count in the Hessians.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenWeights {
+    /// Every token alike: `H = Σ xᵀx`, GPTQ's own objective.
+    Uniform,
+    /// o_proj's and down_proj's input tokens weighted by `1 / mean(y_t²)` of the projection's
+    /// output `y_t`. Gemma 3 divides each branch output by its RMS (the post-attention and
+    /// post-FFN norms) before adding it to the residual, so an output error at token `t` reaches
+    /// the model scaled by `1 / rms(y_t)`: tokens with large branch outputs (the `<bos>` sink
+    /// among them) matter less than `Σ xᵀx` says. The other sites stay uniform.
+    PostNorm,
+}
+
+impl TokenWeights {
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenWeights::Uniform => "uniform",
+            TokenWeights::PostNorm => "post-norm",
+        }
+    }
+}
+
+/// The branch output that weights a site's tokens under [`TokenWeights::PostNorm`].
+fn branch_of(s: Site) -> Option<Site> {
+    match s {
+        Site::AttnOutput => Some(Site::AttnBranch),
+        Site::FfnHidden => Some(Site::FfnBranch),
+        _ => None,
+    }
+}
+
+/// `1 / mean(y_t²)` per token of `y` (`n` rows of `width`), each mean floored at 1e-3 of the
+/// batch's mean so a (near-)zero output cannot take over the Hessian.
+pub fn post_norm_weights(y: &[f32], n: usize, width: usize) -> Vec<f32> {
+    let ms: Vec<f64> = y[..n * width]
+        .chunks_exact(width)
+        .map(|r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / width as f64)
+        .collect();
+    let floor = 1e-3 * ms.iter().sum::<f64>() / n.max(1) as f64;
+    ms.iter()
+        .map(|&m| (1.0 / m.max(floor).max(f64::MIN_POSITIVE)) as f32)
+        .collect()
 }
 
 /// Input statistics of one layer's linear layers: one Hessian per observed site.
@@ -49,14 +94,14 @@ pub struct LayerStats {
 
 impl LayerStats {
     pub fn get(&self, s: Site) -> Option<&Hessian> {
-        self.sites[site_index(s)].as_ref()
+        self.sites[site_index(s)?].as_ref()
     }
     pub fn get_mut(&mut self, s: Site) -> Option<&mut Hessian> {
-        self.sites[site_index(s)].as_mut()
+        self.sites[site_index(s)?].as_mut()
     }
     /// Takes a site's Hessian out (to turn it into its mean in place).
     pub fn take(&mut self, s: Site) -> Option<Hessian> {
-        self.sites[site_index(s)].take()
+        self.sites[site_index(s)?].take()
     }
 }
 
@@ -114,11 +159,13 @@ impl<'a> Calibrator<'a> {
     }
 
     /// Runs `layer` over every sequence without changing the stream, accumulating the Hessian
-    /// of each site with `want[site_index] == true`. `tick(tokens)` after each sequence.
+    /// of each site with `want[site_index] == true`, its tokens weighted by `weights`.
+    /// `tick(tokens)` after each sequence.
     pub fn observe(
         &self,
         layer: &Layer<CpuWeight>,
         want: [bool; 4],
+        weights: TokenWeights,
         mut tick: impl FnMut(usize),
     ) -> LayerStats {
         let mut stats = LayerStats::default();
@@ -128,10 +175,31 @@ impl<'a> Calibrator<'a> {
             }
         }
         let mut acts = Activations::new(self.be, self.config, self.cap);
+        let hidden = self.config.hidden_size;
+        // a weighted site's input waits here for its branch output (same sequence)
+        let mut pending: Vec<(Site, Vec<f32>)> = Vec::new();
         for (x, &n) in self.x.iter().zip(&self.lens) {
             self.run(layer, &mut acts, x, n, &mut |site, buf, n| {
-                if let Some(h) = stats.get_mut(site) {
+                let delayed = weights == TokenWeights::PostNorm && branch_of(site).is_some();
+                if delayed && stats.get(site).is_some() {
+                    let w = site_width(self.config, site);
+                    pending.push((site, buf[..n * w].to_vec()));
+                } else if let Some(h) = stats.get_mut(site) {
                     h.add(buf, n);
+                }
+                if pending.iter().any(|(s, _)| branch_of(*s) == Some(site)) {
+                    let tw = post_norm_weights(buf, n, hidden);
+                    let mut k = 0;
+                    while k < pending.len() {
+                        if branch_of(pending[k].0) != Some(site) {
+                            k += 1;
+                            continue;
+                        }
+                        let (s, xs) = pending.swap_remove(k);
+                        if let Some(h) = stats.get_mut(s) {
+                            h.add_weighted(&xs, n, &tw);
+                        }
+                    }
                 }
             });
             tick(n);
@@ -174,5 +242,29 @@ impl<'a> Calibrator<'a> {
         let window = (layer.kind == LayerKind::Sliding).then_some(c.sliding_window);
         let mut kv = self.be.new_kv(c.kv_dim(), window);
         run_layer(self.be, c, layer, &mut kv, 0, n, acts, observe);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn post_norm_weights_are_inverse_mean_squares_with_a_floor() {
+        // rows: mean squares 4, 1, 0 (floored at 1e-3 of the mean 5/3)
+        let y = [2.0f32, -2.0, 1.0, 1.0, 0.0, 0.0];
+        let w = post_norm_weights(&y, 3, 2);
+        assert!((w[0] - 0.25).abs() < 1e-6);
+        assert!((w[1] - 1.0).abs() < 1e-6);
+        assert!((w[2] - 1.0 / (1e-3 * 5.0 / 3.0)).abs() < 1e-2);
+    }
+
+    #[test]
+    fn only_the_projection_inputs_wait_for_a_branch() {
+        assert_eq!(branch_of(Site::AttnOutput), Some(Site::AttnBranch));
+        assert_eq!(branch_of(Site::FfnHidden), Some(Site::FfnBranch));
+        assert_eq!(branch_of(Site::AttnInput), None);
+        assert_eq!(branch_of(Site::FfnInput), None);
+        assert_eq!(site_index(Site::AttnBranch), None);
     }
 }

@@ -76,6 +76,23 @@ impl Hessian {
         self.tokens += n;
     }
 
+    /// Adds `n` tokens with weights `w` (one per token): `Σ w_t x_tᵀ x_t`. Counted as `n`
+    /// tokens, so [`Hessian::mean`] is the weighted sum over the token count.
+    pub fn add_weighted(&mut self, x: &[f32], n: usize, w: &[f32]) {
+        let d = self.dim;
+        assert!(
+            w.len() >= n,
+            "Hessian::add_weighted: {} weights < {n}",
+            w.len()
+        );
+        let mut xs = x[..n * d].to_vec();
+        for (row, &wt) in xs.chunks_exact_mut(d).zip(w) {
+            let r = wt.max(0.0).sqrt();
+            row.iter_mut().for_each(|v| *v *= r);
+        }
+        self.add(&xs, n);
+    }
+
     /// Adds another accumulator of the same width.
     pub fn merge(&mut self, other: &Hessian) {
         assert_eq!(self.dim, other.dim);
@@ -180,6 +197,30 @@ mod tests {
             }
         }
         h
+    }
+
+    #[test]
+    fn weighted_tokens_scale_their_outer_products() {
+        let (d, n) = (6, 5);
+        let x: Vec<f32> = (0..n * d).map(|i| ((i as f32) * 1.37).cos()).collect();
+        let w = [0.5f32, 2.0, 0.0, 1.0, 4.0];
+        let mut h = Hessian::new(d);
+        h.add_weighted(&x, n, &w);
+        assert_eq!(h.tokens, n);
+        let got = h.mean();
+        for i in 0..d {
+            for j in 0..d {
+                let want: f64 = (0..n)
+                    .map(|t| w[t] as f64 * x[t * d + i] as f64 * x[t * d + j] as f64)
+                    .sum::<f64>()
+                    / n as f64;
+                assert!(
+                    (got[i * d + j] - want).abs() < 1e-5,
+                    "({i},{j}): {} vs {want}",
+                    got[i * d + j]
+                );
+            }
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod driver;
 pub mod hessian;
 pub mod tokens;
 
-pub use driver::{Calibrator, LayerStats};
+pub use driver::{Calibrator, LayerStats, TokenWeights};
 pub use hessian::Hessian;
 pub use tokens::{CalibSet, Sampling};
 

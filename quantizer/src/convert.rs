@@ -38,7 +38,7 @@ use crate::search::{
 };
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use mixq_calibration::driver::site_index;
+use mixq_calibration::TokenWeights;
 use mixq_calibration::{CalibSet, Calibrator, Sampling};
 use mixq_format::checkpoint::{expected_tensors, HfCheckpoint};
 use mixq_format::mixq::{self as mixqfmt, FileMeta, MixqWriter};
@@ -127,12 +127,33 @@ pub struct ConvertArgs {
     /// multiply-adds per tensor: fine at 270M, hours at 27B.
     #[arg(long)]
     pub refit: bool,
+    /// How calibration tokens count in the Hessians: `post-norm` weights o_proj's and
+    /// down_proj's tokens by 1 / mean square of the projection's output, which Gemma 3's
+    /// post-norms divide by before the residual add; `uniform` is GPTQ's plain Σ xᵀx.
+    #[arg(long, value_enum, default_value_t = HessianWeights::PostNorm)]
+    pub hessian_weights: HessianWeights,
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// No progress bars (logs only).
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `--hessian-weights`: the CLI's names for [`TokenWeights`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HessianWeights {
+    Uniform,
+    PostNorm,
+}
+
+impl From<HessianWeights> for TokenWeights {
+    fn from(h: HessianWeights) -> TokenWeights {
+        match h {
+            HessianWeights::Uniform => TokenWeights::Uniform,
+            HessianWeights::PostNorm => TokenWeights::PostNorm,
+        }
+    }
 }
 
 pub fn run(a: ConvertArgs) -> Result<()> {
@@ -247,6 +268,7 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
                 "methods": methods.iter().cloned().collect::<HashMap<_, _>>(),
                 "gptq_damp": a.damp,
                 "gptq_refit": a.refit,
+                "hessian_weights": TokenWeights::from(a.hessian_weights).name(),
                 "calib_tokens": calib.tokens(),
                 "calib_seq_len": calib.seq_len,
                 "calib_sampling": calib.sampling.name(),
@@ -364,7 +386,9 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
         pass_bar.reset();
         pass_bar.set_length(calibrator.tokens() as u64);
         pass_bar.set_message("observe");
-        let mut stats = calibrator.observe(&fp, [true; 4], |n| pass_bar.inc(n as u64));
+        let mut stats = calibrator.observe(&fp, [true; 4], a.hessian_weights.into(), |n| {
+            pass_bar.inc(n as u64)
+        });
         drop(fp);
         let t_observe = t_layer.elapsed().as_secs_f64();
         pass_bar.set_message("quantize");
@@ -417,7 +441,7 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
         }
         // each site's mean Hessian, made in place when first needed and dropped after the
         // last tensor that reads it (at 27B the down projection's is 3.7 GB)
-        let mut means: HashMap<usize, Vec<f64>> = HashMap::new();
+        let mut means: HashMap<Site, Vec<f64>> = HashMap::new();
         for (k, name) in names.iter().enumerate() {
             if done.contains(name) {
                 continue;
@@ -426,20 +450,17 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
             let (r, cols, w) = &weights[name];
             let site = site_of(name);
             if let Some(s) = site {
-                let idx = site_index(s);
-                if !means.contains_key(&idx) {
+                if !means.contains_key(&s) {
                     if let Some(hs) = stats.take(s) {
-                        means.insert(idx, hs.into_mean());
+                        means.insert(s, hs.into_mean());
                     }
                 }
             }
-            let hm = site
-                .and_then(|s| means.get(&site_index(s)))
-                .map(|v| v.as_slice());
+            let hm = site.and_then(|s| means.get(&s)).map(|v| v.as_slice());
             let (bytes, mut q) = quantize_tensor(c, w, *r, *cols, hm, opts)?;
             if let Some(s) = site {
                 if !names[k + 1..].iter().any(|n| site_of(n) == Some(s)) {
-                    means.remove(&site_index(s));
+                    means.remove(&s);
                 }
             }
             q.section = section_of[name.as_str()].to_string();
@@ -610,6 +631,7 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
         "text_tokens": calib.text_tokens,
         "gptq_damp": a.damp,
         "gptq_refit": a.refit,
+        "hessian_weights": TokenWeights::from(a.hessian_weights).name(),
     }))?;
     writer.add_blob(mixqfmt::BLOB_TOKENIZER, &tok_json)?;
     writer.add_blob(mixqfmt::BLOB_CALIBRATION, &calib_json)?;

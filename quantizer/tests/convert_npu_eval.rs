@@ -56,6 +56,7 @@ fn args(model: &Path, out: &Path, recipe: &str) -> ConvertArgs {
         methods: vec![],
         damp: DEFAULT_DAMP,
         refit: false,
+        hessian_weights: mixq_quantizer::convert::HessianWeights::PostNorm,
         threads: None,
         quiet: true,
     }

@@ -27,6 +27,7 @@ fn args(out: &Path, recipe: &str) -> ConvertArgs {
         methods: vec![],
         damp: mixq_quantizer::convert::DEFAULT_DAMP,
         refit: false,
+        hessian_weights: mixq_quantizer::convert::HessianWeights::PostNorm,
         threads: None,
         quiet: true,
     }

@@ -71,8 +71,9 @@ impl<W> Layer<W> {
     }
 }
 
-/// The activations that feed a layer's linear layers: what calibration observes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What calibration observes: the activations that feed a layer's linear layers, and the two
+/// branch outputs that the post-norms divide by their RMS before the residual adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Site {
     /// Input of q/k/v_proj: the input-normed residual stream.   (n, hidden)
     AttnInput,
@@ -82,6 +83,10 @@ pub enum Site {
     FfnInput,
     /// Input of down_proj: gelu(gate) * up.                     (n, intermediate)
     FfnHidden,
+    /// Output of o_proj, before the post-attention norm.        (n, hidden)
+    AttnBranch,
+    /// Output of down_proj, before the post-FFN norm.           (n, hidden)
+    FfnBranch,
 }
 
 pub struct Gemma3<B: Backend> {
@@ -356,7 +361,7 @@ impl<B: Backend> LogitsSource for LastLogits<'_, B> {
 
 /// One decoder layer on `n` tokens at positions `pos0..pos0 + n`: reads and updates the
 /// residual stream `b.x` in place and appends to the layer's KV cache. `observe` sees the input
-/// of every linear layer (calibration collects its statistics there).
+/// of every linear layer and the two branch outputs (calibration collects its statistics there).
 #[allow(clippy::too_many_arguments)]
 pub fn run_layer<B: Backend>(
     be: &B,
@@ -420,6 +425,7 @@ pub fn run_layer<B: Backend>(
     // Output projection; post-attention norm, residual, and the FFN's pre-norm.  a: (n, hidden)
     observe(Site::AttnOutput, &b.attn, n);
     be.matmul(&layer.o_proj, &b.attn, n, &mut b.a);
+    observe(Site::AttnBranch, &b.a, n);
     be.add_rms_norm(
         &mut b.x,
         &mut b.a,
@@ -443,6 +449,7 @@ pub fn run_layer<B: Backend>(
     );
     observe(Site::FfnHidden, &b.gate, n);
     be.matmul(&layer.down_proj, &b.gate, n, &mut b.a);
+    observe(Site::FfnBranch, &b.a, n);
     be.add_rms_norm(
         &mut b.x,
         &mut b.a,
