@@ -562,6 +562,14 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
         calib.sampling.describe(),
         calib_path.display()
     ));
+    if a.hessian_weights == HessianWeights::PostNorm {
+        notes.push(
+            "GPTQ Hessians of o_proj and down_proj weight each calibration token by 1/mean(y²) of \
+             the projection's output y, which the post-norm divides by before the residual add \
+             (--hessian-weights uniform: every token alike)"
+                .into(),
+        );
+    }
     if !equalized.is_empty() {
         let list: Vec<String> = equalized
             .iter()
