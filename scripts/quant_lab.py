@@ -22,7 +22,8 @@ head, q/k: tokens weighted by 1/mean(y_t^2) of the linear's output, since an RMS
 gptqs (every linear of a sublayer with its tokens weighted by 1/mean(y_t^2) of the sublayer's
 output, o_proj's or down_proj's, which the post-norm divides by), gptqo / gptqk (gptqn's
 weighting on o/down only / on q/k only), gptqr (gptqo's o/down weights also divided by
-the mean square of the residual stream entering the layer),
+the mean square of the residual stream entering the layer), gptqg (each group's clipping
+chosen per row by GPTQ's own loss over the group's columns; gptqgo: with gptqo's Hessians),
 or rot128 (block-Hadamard rotation, then gptq).
 --search fits every group's (scale, min) by a clipping grid weighted by diag(H), as the
 converter does (without it the grid is plain min/max). --spread takes the calibration sequences
@@ -75,7 +76,30 @@ def rtn(W, bits, g, search):
     return out
 
 
-def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128, refit=False, rounds=1, fixed=None):
+def grid_gptq(W1g, Ug, bits, shrink=(1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)):
+    """The group's (scale, min) per row chosen by GPTQ's own loss: every candidate clipping
+    pair runs the group's columns through GPTQ (with compensation inside the group) and each
+    row keeps the pair of least sum of (e / U_cc)^2."""
+    L = 2**bits - 1
+    mx0 = W1g.max(1, keepdim=True).values.clamp_min(0)
+    mn0 = W1g.min(1, keepdim=True).values.clamp_max(0)
+    cands = [(a, b) for a in shrink for b in shrink]
+    mx = torch.stack([mx0 * a for a, _ in cands])  # [C, R, 1]
+    mn = torch.stack([mn0 * b for _, b in cands])
+    sc = ((mx - mn) / L).clamp_min(1e-8)
+    Wc = W1g.unsqueeze(0).repeat(len(cands), 1, 1)  # [C, R, g]
+    loss = torch.zeros(Wc.shape[:2], dtype=W1g.dtype)
+    for k in range(W1g.shape[1]):
+        w = Wc[:, :, k : k + 1]
+        e = (w - fq(w, sc, mn, bits)) / Ug[k, k]
+        Wc[:, :, k:] -= e * Ug[k, k:][None, None, :]
+        loss += e[:, :, 0] ** 2
+    best = loss.argmin(0)  # [R]
+    r = torch.arange(W1g.shape[0])
+    return sc[best, r], mn[best, r]
+
+
+def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128, refit=False, rounds=1, fixed=None, ingrid=False):
     """Frantar et al.; the group grid is fitted on the error-compensated weights when the group
     starts (static groups from the original weights under act-order). refit: afterwards, with
     the codes fixed, every row's (scale, min) pairs are refitted jointly by least squares
@@ -109,6 +133,8 @@ def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128, refit=False
             elif col % g == 0 and fixed is not None:
                 s, mn = fixed[0][:, col // g : col // g + 1], fixed[1][:, col // g : col // g + 1]
                 s = torch.where(s.abs() < 1e-12, torch.full_like(s, 1e-12), s)
+            elif col % g == 0 and ingrid:
+                s, mn = grid_gptq(W1[:, i : i + g], U[col : col + g, col : col + g], bits)
             elif col % g == 0:
                 s, mn = (t.double() for t in grid(W1[:, i : i + g].float(), bits, imp[col : col + g], search))
             w = W1[:, i : i + 1]
@@ -313,6 +339,11 @@ def main():
                         Q = torch.cat([gptq(W[h * hd : (h + 1) * hd], hn[h], bits, g, a.search, damp=a.damp) for h in range(len(hn))])
                     else:
                         Q = gptq(W, hn, bits, g, a.search, damp=a.damp)
+                elif method in ("gptqg", "gptqgo"):
+                    # grid chosen by GPTQ's loss; gptqgo with gptqo's post-norm Hessians
+                    hn = HN.get(n) if method == "gptqgo" else None
+                    hn = None if isinstance(hn, list) else hn
+                    Q = gptq(W, H[n] if hn is None else hn, bits, g, a.search, damp=a.damp, ingrid=True)
                 elif method == "gptqr":
                     Q = gptq(W, HR.get(n, H[n]), bits, g, a.search, damp=a.damp)
                 elif method == "gptqs":
