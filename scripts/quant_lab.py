@@ -24,6 +24,7 @@ output, o_proj's or down_proj's, which the post-norm divides by), gptqo / gptqk 
 weighting on o/down only / on q/k only), gptqr (gptqo's o/down weights also divided by
 the mean square of the residual stream entering the layer), gptqg (each group's clipping
 chosen per row by GPTQ's own loss over the group's columns; gptqgo: with gptqo's Hessians),
+gptqv (gptqo, and v_proj's tokens weighted by sum_t a_ts^2 / mean(o_t^2): the attention they feed),
 or rot128 (block-Hadamard rotation, then gptq).
 --search fits every group's (scale, min) by a clipping grid weighted by diag(H), as the
 converter does (without it the grid is plain min/max). --spread takes the calibration sequences
@@ -271,6 +272,7 @@ def main():
         with torch.no_grad():
             ref_lp = [torch.log_softmax(model(c[None]).logits[0].float(), -1) for c in calib]
     H, HN, HS, HR, PEND, RES, hooks = {}, {}, {}, {}, {}, {}, []
+    HV, VX, OMS = {}, {}, {}
     hd = model.config.head_dim
     for n in linears:
         def hook(_m, inp, out, n=n):
@@ -280,6 +282,10 @@ def main():
             # post-FFN) before the residual, q/k outputs through a per-head RMSNorm, so an
             # output error at token t counts scaled by 1/rms(y_t) (per head for q/k).
             y = out.reshape(-1, out.shape[-1]).double()
+            if "v_proj" in n:
+                VX["x"] = x
+            if "o_proj" in n:
+                OMS["ms"] = y.pow(2).mean(1) + 1e-12
             if any(c in n for c in ("o_proj", "down_proj")):
                 wt = 1.0 / (y.pow(2).mean(1) + 1e-12)
                 HN[n] = HN.get(n, 0) + (x * wt[:, None]).T @ x
@@ -301,6 +307,21 @@ def main():
                 hs = HN.get(n, [0] * yh.shape[1])
                 HN[n] = [hs[h] + (x * wt[:, h, None]).T @ x for h in range(yh.shape[1])]
         hooks.append(mods[n[: -len(".weight")]].register_forward_hook(hook))
+    def attn_hook(m, _inp, out):
+        # v_proj's tokens weighted by how much attention output they feed: the output at t is
+        # sum_s a_ts v_s, so v_s's error counts sum_t a_ts^2 (over the query heads), each
+        # output then divided by o_proj's output RMS at t (the post-attention norm)
+        a = out[1]
+        if a is None:
+            return
+        a = a[0].double()  # [heads, T, T]
+        wt = (a.pow(2) / OMS["ms"][None, :, None]).sum((0, 1))  # [T] over keys s
+        x = VX["x"]
+        n = m.v_name
+        HV[n] = HV.get(n, 0) + (x * wt[:, None]).T @ x
+    for li, layer in enumerate(model.model.layers):
+        layer.self_attn.v_name = f"model.layers.{li}.self_attn.v_proj.weight"
+        hooks.append(layer.self_attn.register_forward_hook(attn_hook))
     for layer in model.model.layers:
         def pre(_m, args, kwargs):
             hs = args[0] if args else kwargs["hidden_states"]
@@ -344,6 +365,11 @@ def main():
                     hn = HN.get(n) if method == "gptqgo" else None
                     hn = None if isinstance(hn, list) else hn
                     Q = gptq(W, H[n] if hn is None else hn, bits, g, a.search, damp=a.damp, ingrid=True)
+                elif method == "gptqv":
+                    # gptqo, and v_proj weighted by the attention it feeds
+                    hn = HV.get(n, HN.get(n))
+                    hn = None if isinstance(hn, list) else hn
+                    Q = gptq(W, H[n] if hn is None else hn, bits, g, a.search, damp=a.damp)
                 elif method == "gptqr":
                     Q = gptq(W, HR.get(n, H[n]), bits, g, a.search, damp=a.damp)
                 elif method == "gptqs":
