@@ -176,29 +176,23 @@ impl<'a> Calibrator<'a> {
         }
         let mut acts = Activations::new(self.be, self.config, self.cap);
         let hidden = self.config.hidden_size;
-        // a weighted site's input waits here for its branch output (same sequence)
-        let mut pending: Vec<(Site, Vec<f32>)> = Vec::new();
+        // a weighted site's input waits here for its branch output, which the layer computes
+        // next (sites run in order: o_proj's input, its output, down_proj's input, its output)
+        let mut pending: Option<(Site, Vec<f32>)> = None;
         for (x, &n) in self.x.iter().zip(&self.lens) {
             self.run(layer, &mut acts, x, n, &mut |site, buf, n| {
-                let delayed = weights == TokenWeights::PostNorm && branch_of(site).is_some();
-                if delayed && stats.get(site).is_some() {
-                    let w = site_width(self.config, site);
-                    pending.push((site, buf[..n * w].to_vec()));
-                } else if let Some(h) = stats.get_mut(site) {
-                    h.add(buf, n);
+                if let Some(h) = stats.get_mut(site) {
+                    if weights == TokenWeights::PostNorm && branch_of(site).is_some() {
+                        let w = site_width(self.config, site);
+                        pending = Some((site, buf[..n * w].to_vec()));
+                    } else {
+                        h.add(buf, n);
+                    }
                 }
-                if pending.iter().any(|(s, _)| branch_of(*s) == Some(site)) {
+                if let Some((s, xs)) = pending.take_if(|(s, _)| branch_of(*s) == Some(site)) {
                     let tw = post_norm_weights(buf, n, hidden);
-                    let mut k = 0;
-                    while k < pending.len() {
-                        if branch_of(pending[k].0) != Some(site) {
-                            k += 1;
-                            continue;
-                        }
-                        let (s, xs) = pending.swap_remove(k);
-                        if let Some(h) = stats.get_mut(s) {
-                            h.add_weighted(&xs, n, &tw);
-                        }
+                    if let Some(h) = stats.get_mut(s) {
+                        h.add_weighted(&xs, n, &tw);
                     }
                 }
             });
