@@ -450,9 +450,9 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
             let (r, cols, w) = &weights[name];
             let site = site_of(name);
             if let Some(s) = site {
-                if !means.contains_key(&s) {
+                if let std::collections::hash_map::Entry::Vacant(e) = means.entry(s) {
                     if let Some(hs) = stats.take(s) {
-                        means.insert(s, hs.into_mean());
+                        e.insert(hs.into_mean());
                     }
                 }
             }
