@@ -29,7 +29,7 @@ pub fn site_index(s: Site) -> Option<usize> {
         Site::AttnOutput => Some(1),
         Site::FfnInput => Some(2),
         Site::FfnHidden => Some(3),
-        Site::AttnBranch | Site::FfnBranch => None,
+        Site::Queries | Site::Keys | Site::AttnBranch | Site::FfnBranch => None,
     }
 }
 
@@ -37,7 +37,8 @@ pub fn site_index(s: Site) -> Option<usize> {
 pub fn site_width(c: &Gemma3Config, s: Site) -> usize {
     match s {
         Site::AttnInput | Site::FfnInput | Site::AttnBranch | Site::FfnBranch => c.hidden_size,
-        Site::AttnOutput => c.q_dim(),
+        Site::AttnOutput | Site::Queries => c.q_dim(),
+        Site::Keys => c.kv_dim(),
         Site::FfnHidden => c.intermediate_size,
     }
 }
@@ -51,7 +52,10 @@ pub enum TokenWeights {
     /// output `y_t`. Gemma 3 divides each branch output by its RMS (the post-attention and
     /// post-FFN norms) before adding it to the residual, so an output error at token `t` reaches
     /// the model scaled by `1 / rms(y_t)`: tokens with large branch outputs (the `<bos>` sink
-    /// among them) matter less than `Σ xᵀx` says. The other sites stay uniform.
+    /// among them) matter less than `Σ xᵀx` says. v_proj gets its own Hessian
+    /// ([`LayerStats::values`]): key position `s` weighted by `Σ_h Σ_t a_hts² / mean(o_t²)`,
+    /// the attention its value feeds (the output at `t` is `Σ_s a_ts v_s`), each output then
+    /// divided by the post-attention norm. The other sites stay uniform.
     PostNorm,
 }
 
@@ -86,10 +90,66 @@ pub fn post_norm_weights(y: &[f32], n: usize, width: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Input statistics of one layer's linear layers: one Hessian per observed site.
+/// Per key position `s` of one sequence (queries `q`, keys `k` after QK-norm and RoPE, from
+/// position 0): `Σ_h Σ_t a_hts² · out_w[t]`, where `a_h` is head `h`'s softmax attention
+/// (causal, within `window`) and `out_w` weights each output position.
+#[allow(clippy::too_many_arguments)]
+pub fn value_weights(
+    c: &Gemma3Config,
+    q: &[f32],
+    k: &[f32],
+    n: usize,
+    window: Option<usize>,
+    out_w: &[f32],
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let (d, heads, kv_heads) = (c.head_dim, c.num_attention_heads, c.num_key_value_heads);
+    let (q_dim, kv_dim, group) = (heads * d, kv_heads * d, heads / kv_heads.max(1));
+    let scale = c.query_pre_attn_scalar.powf(-0.5);
+    let w = (0..n * heads)
+        .into_par_iter()
+        .fold(
+            || (vec![0f64; n], Vec::new()),
+            |(mut acc, mut sc): (Vec<f64>, Vec<f32>), idx| {
+                let (t, h) = (idx / heads, idx % heads);
+                let first = window.map_or(0, |w| (t + 1).saturating_sub(w));
+                let qh = &q[t * q_dim + h * d..t * q_dim + (h + 1) * d];
+                let kvh = h / group;
+                sc.clear();
+                for s in first..=t {
+                    let kr = &k[s * kv_dim + kvh * d..s * kv_dim + (kvh + 1) * d];
+                    let l = qh.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    sc.push(
+                        c.attn_logit_softcapping
+                            .map_or(l, |cap| (l / cap).tanh() * cap),
+                    );
+                }
+                let max = sc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f64 = sc.iter().map(|&l| ((l - max) as f64).exp()).sum();
+                for (s, &l) in (first..=t).zip(sc.iter()) {
+                    let a = ((l - max) as f64).exp() / sum;
+                    acc[s] += a * a * out_w[t] as f64;
+                }
+                (acc, sc)
+            },
+        )
+        .map(|(acc, _)| acc)
+        .reduce(
+            || vec![0f64; n],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    w.into_iter().map(|v| v as f32).collect()
+}
+
+/// Input statistics of one layer's linear layers: one Hessian per observed site, and under
+/// [`TokenWeights::PostNorm`] v_proj's own (the attention input, value-weighted).
 #[derive(Debug, Clone, Default)]
 pub struct LayerStats {
     pub sites: [Option<Hessian>; 4],
+    pub values: Option<Hessian>,
 }
 
 impl LayerStats {
@@ -174,15 +234,38 @@ impl<'a> Calibrator<'a> {
                 stats.sites[k] = Some(Hessian::new(site_width(self.config, *s)));
             }
         }
+        let weighted = weights == TokenWeights::PostNorm;
+        if weighted && want[0] {
+            stats.values = Some(Hessian::new(self.config.hidden_size));
+        }
+        let window = (layer.kind == LayerKind::Sliding).then_some(self.config.sliding_window);
         let mut acts = Activations::new(self.be, self.config, self.cap);
         let hidden = self.config.hidden_size;
+        // v_proj's input, queries and keys of the sequence, until o_proj's output arrives
+        let (mut v_in, mut qs, mut ks) = (Vec::new(), Vec::new(), Vec::new());
         // a weighted site's input waits here for its branch output, which the layer computes
         // next (sites run in order: o_proj's input, its output, down_proj's input, its output)
         let mut pending: Option<(Site, Vec<f32>)> = None;
         for (x, &n) in self.x.iter().zip(&self.lens) {
             self.run(layer, &mut acts, x, n, &mut |site, buf, n| {
+                if stats.values.is_some() {
+                    let w = site_width(self.config, site);
+                    match site {
+                        Site::AttnInput => v_in = buf[..n * w].to_vec(),
+                        Site::Queries => qs = buf[..n * w].to_vec(),
+                        Site::Keys => ks = buf[..n * w].to_vec(),
+                        Site::AttnBranch => {
+                            let ow = post_norm_weights(buf, n, hidden);
+                            let vw = value_weights(self.config, &qs, &ks, n, window, &ow);
+                            if let Some(h) = stats.values.as_mut() {
+                                h.add_weighted(&v_in, n, &vw);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 if let Some(h) = stats.get_mut(site) {
-                    if weights == TokenWeights::PostNorm && branch_of(site).is_some() {
+                    if weighted && branch_of(site).is_some() {
                         let w = site_width(self.config, site);
                         pending = Some((site, buf[..n * w].to_vec()));
                     } else {
@@ -198,7 +281,7 @@ impl<'a> Calibrator<'a> {
             });
             tick(n);
         }
-        for h in stats.sites.iter_mut().flatten() {
+        for h in stats.sites.iter_mut().chain([&mut stats.values]).flatten() {
             h.finish();
         }
         stats
@@ -251,6 +334,47 @@ mod tests {
         assert!((w[0] - 0.25).abs() < 1e-6);
         assert!((w[1] - 1.0).abs() < 1e-6);
         assert!((w[2] - 1.0 / (1e-3 * 5.0 / 3.0)).abs() < 1e-2);
+    }
+
+    fn tiny_config(window: usize) -> Gemma3Config {
+        let json = format!(
+            r#"{{"model_type":"gemma3_text","vocab_size":64,"hidden_size":8,
+            "intermediate_size":16,"num_hidden_layers":2,"num_attention_heads":2,
+            "num_key_value_heads":1,"head_dim":4,"sliding_window":{window},
+            "sliding_window_pattern":2,"query_pre_attn_scalar":4}}"#
+        );
+        Gemma3Config::from_json_str(&json, std::path::Path::new("<tiny>")).unwrap()
+    }
+
+    #[test]
+    fn value_weights_sum_squared_attention_per_key() {
+        let c = tiny_config(2);
+        let n = 4;
+        // zero queries: uniform attention over the visible keys
+        let q = vec![0f32; n * 2 * 4];
+        let k: Vec<f32> = (0..n * 4).map(|i| (i as f32 * 0.7).sin()).collect();
+        let ow = [1.0f32, 2.0, 1.0, 0.5];
+        // causal: query t sees t + 1 keys, each with weight 1 / (t + 1); two heads
+        let want = |s: usize, window: Option<usize>| -> f32 {
+            (s..n)
+                .filter(|&t| window.is_none_or(|w| t - s < w))
+                .map(|t| {
+                    let seen = window.map_or(t + 1, |w| (t + 1).min(w));
+                    2.0 * ow[t] / (seen * seen) as f32
+                })
+                .sum()
+        };
+        for window in [None, Some(2)] {
+            let w = value_weights(&c, &q, &k, n, window, &ow);
+            for s in 0..n {
+                assert!(
+                    (w[s] - want(s, window)).abs() < 1e-5,
+                    "{window:?} key {s}: {} vs {}",
+                    w[s],
+                    want(s, window)
+                );
+            }
+        }
     }
 
     #[test]

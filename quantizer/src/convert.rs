@@ -442,6 +442,8 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
         // each site's mean Hessian, made in place when first needed and dropped after the
         // last tensor that reads it (at 27B the down projection's is 3.7 GB)
         let mut means: HashMap<Site, Vec<f64>> = HashMap::new();
+        // v_proj's value-weighted Hessian (--hessian-weights post-norm)
+        let values_mean = stats.values.take().map(|h| h.into_mean());
         for (k, name) in names.iter().enumerate() {
             if done.contains(name) {
                 continue;
@@ -456,7 +458,10 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
                     }
                 }
             }
-            let hm = site.and_then(|s| means.get(&s)).map(|v| v.as_slice());
+            let hm = match values_mean.as_deref() {
+                Some(v) if name.ends_with("self_attn.v_proj.weight") => Some(v),
+                _ => site.and_then(|s| means.get(&s)).map(|v| v.as_slice()),
+            };
             let (bytes, mut q) = quantize_tensor(c, w, *r, *cols, hm, opts)?;
             if let Some(s) = site {
                 if !names[k + 1..].iter().any(|n| site_of(n) == Some(s)) {
@@ -565,8 +570,9 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
     if a.hessian_weights == HessianWeights::PostNorm {
         notes.push(
             "GPTQ Hessians of o_proj and down_proj weight each calibration token by 1/mean(y²) of \
-             the projection's output y, which the post-norm divides by before the residual add \
-             (--hessian-weights uniform: every token alike)"
+             the projection's output y, which the post-norm divides by before the residual add; \
+             v_proj's weight each key position by the squared attention it receives over \
+             mean(o²) at each query (--hessian-weights uniform: every token alike)"
                 .into(),
         );
     }

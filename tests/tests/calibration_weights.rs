@@ -1,6 +1,7 @@
 //! The post-norm token weighting of the calibration Hessians on the real Gemma 3 270M's first
-//! layer: only the two projections whose outputs a post-norm divides (o_proj, down_proj) get
-//! weighted Hessians; the q/k/v and gate/up inputs stay `Σ xᵀx`.
+//! layer: the two projections whose outputs a post-norm divides (o_proj, down_proj) get
+//! weighted Hessians and v_proj a value-weighted one of its own; the shared q/k/v and gate/up
+//! input Hessians stay `Σ xᵀx`.
 
 use mixq_calibration::driver::{post_norm_weights, SITES};
 use mixq_calibration::{CalibSet, Calibrator, Sampling, TokenWeights};
@@ -47,6 +48,19 @@ fn post_norm_weights_only_the_projection_hessians() {
             _ => assert!(!same, "{s:?} must be weighted"),
         }
     }
+    // v_proj: its own value-weighted Hessian of the attention input, under post-norm only
+    assert!(uni.values.is_none());
+    let v = pn
+        .values
+        .take()
+        .expect("post-norm keeps a v_proj Hessian")
+        .into_mean();
+    let attn_in = cal
+        .observe(&layer, [true; 4], TokenWeights::Uniform, |_| {})
+        .take(Site::AttnInput)
+        .unwrap()
+        .into_mean();
+    assert!(v.iter().all(|x| x.is_finite()) && v != attn_in);
     // the weights themselves: larger outputs count less
     let w = post_norm_weights(&[3.0, 0.0, 1.0, 0.0], 2, 2);
     assert!(w[0] < w[1]);

@@ -83,6 +83,10 @@ pub enum Site {
     FfnInput,
     /// Input of down_proj: gelu(gate) * up.                     (n, intermediate)
     FfnHidden,
+    /// Queries after QK-norm and RoPE.                         (n, heads * head_dim)
+    Queries,
+    /// Keys after QK-norm and RoPE.                            (n, kv_heads * head_dim)
+    Keys,
     /// Output of o_proj, before the post-attention norm.        (n, hidden)
     AttnBranch,
     /// Output of down_proj, before the post-FFN norm.           (n, hidden)
@@ -361,7 +365,8 @@ impl<B: Backend> LogitsSource for LastLogits<'_, B> {
 
 /// One decoder layer on `n` tokens at positions `pos0..pos0 + n`: reads and updates the
 /// residual stream `b.x` in place and appends to the layer's KV cache. `observe` sees the input
-/// of every linear layer and the two branch outputs (calibration collects its statistics there).
+/// of every linear layer, the attention's queries and keys and the two branch outputs
+/// (calibration collects its statistics there).
 #[allow(clippy::too_many_arguments)]
 pub fn run_layer<B: Backend>(
     be: &B,
@@ -410,6 +415,8 @@ pub fn run_layer<B: Backend>(
         rope,
         eps,
     );
+    observe(Site::Queries, &b.q, n);
+    observe(Site::Keys, &b.k, n);
     // Causal GQA attention over cache + batch; sliding layers see the last `window` keys.
     let attn = AttnParams {
         n,
