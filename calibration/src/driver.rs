@@ -22,7 +22,8 @@ pub const SITES: [Site; 4] = [
     Site::FfnHidden,
 ];
 
-/// Index of a site in [`SITES`]; `None` for the branch outputs, which have no Hessian.
+/// Index of a site in [`SITES`]; `None` for the sites without a Hessian of their own (queries,
+/// keys, branch outputs).
 pub fn site_index(s: Site) -> Option<usize> {
     match s {
         Site::AttnInput => Some(0),
@@ -93,7 +94,6 @@ pub fn post_norm_weights(y: &[f32], n: usize, width: usize) -> Vec<f32> {
 /// Per key position `s` of one sequence (queries `q`, keys `k` after QK-norm and RoPE, from
 /// position 0): `Σ_h Σ_t a_hts² · out_w[t]`, where `a_h` is head `h`'s softmax attention
 /// (causal, within `window`) and `out_w` weights each output position.
-#[allow(clippy::too_many_arguments)]
 pub fn value_weights(
     c: &Gemma3Config,
     q: &[f32],
