@@ -129,7 +129,8 @@ pub struct ConvertArgs {
     pub refit: bool,
     /// How calibration tokens count in the Hessians: `post-norm` weights o_proj's and
     /// down_proj's tokens by 1 / mean square of the projection's output, which Gemma 3's
-    /// post-norms divide by before the residual add; `uniform` is GPTQ's plain Σ xᵀx.
+    /// post-norms divide by before the residual add, and v_proj's key positions by the squared
+    /// attention they receive; `uniform` is GPTQ's plain Σ xᵀx.
     #[arg(long, value_enum, default_value_t = HessianWeights::PostNorm)]
     pub hessian_weights: HessianWeights,
     /// CPU threads (default: all cores).
