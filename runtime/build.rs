@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Weight formats with their shader define and name part (formats/src/quant QType names).
-const WEIGHT_FORMATS: [(&str, &str); 9] = [
+const WEIGHT_FORMATS: [(&str, &str); 10] = [
     ("f32", "W_F32"),
     ("f16", "W_F16"),
     ("bf16", "W_BF16"),
@@ -19,6 +19,7 @@ const WEIGHT_FORMATS: [(&str, &str); 9] = [
     ("i4perchannel", "W_I4_PER_CHANNEL"),
     ("i2structured", "W_I2_STRUCTURED"),
     ("i4grouped32", "W_I4_GROUPED32"),
+    ("i4grouped16", "W_I4_GROUPED16"),
 ];
 
 /// Ops with one variant per weight format: (op, source file, extra define).
@@ -44,13 +45,14 @@ const Q8_OPS: [(&str, &str, &str); 6] = [
     ("matvecsg3", "matvec_sg.comp", "FUSE_QKV"),
     ("matvecsg_gelu", "matvec_sg.comp", "FUSE_GELU"),
 ];
-const Q8_FORMATS: [(&str, &str); 6] = [
+const Q8_FORMATS: [(&str, &str); 7] = [
     ("i8sym", "W_I8_SYM"),
     ("i8asym", "W_I8_ASYM"),
     ("i4grouped", "W_I4_GROUPED"),
     ("i4perchannel", "W_I4_PER_CHANNEL"),
     ("i2structured", "W_I2_STRUCTURED"),
     ("i4grouped32", "W_I4_GROUPED32"),
+    ("i4grouped16", "W_I4_GROUPED16"),
 ];
 
 /// Tensor-core prefill (matmul_coop.comp, GL_NV_cooperative_matrix): one variant per weight

@@ -155,10 +155,12 @@ uvec4 w8_half(WRaw r, uint k) {
     return affine8(r.c, float16_t(1024.0), sm.x, sm.y);
 }
 
-#elif defined(W_I4_GROUPED) || defined(W_I4_PER_CHANNEL) || defined(W_I4_GROUPED32)
+#elif defined(W_I4_GROUPED) || defined(W_I4_PER_CHANNEL) || defined(W_I4_GROUPED32) \
+    || defined(W_I4_GROUPED16)
 // Chunks of 64 elements in 32 bytes: byte j holds element j (low nibble) and j + 32 (high).
 // Elements k..k+7 are one nibble of 8 consecutive bytes. I4_GROUPED: f16 (scale, min) per 64;
 // I4_GROUPED32: per 32 (a chunk's low nibbles are one group, its high nibbles the next);
+// I4_GROUPED16: per 16 (k..k+7 never straddle two);
 // I4_PER_CHANNEL: f32 scale and f32 min per row.
 struct WRaw { uvec2 c; vec2 sm; };
 WRaw w8_fetch(uint rb, uint k) {
@@ -168,6 +170,8 @@ WRaw w8_fetch(uint rb, uint k) {
     vec2 sm = unpackHalf2x16(w[(rb >> 2u) + k / 64u]);
 #elif defined(W_I4_GROUPED32)
     vec2 sm = unpackHalf2x16(w[(rb >> 2u) + k / 32u]);
+#elif defined(W_I4_GROUPED16)
+    vec2 sm = unpackHalf2x16(w[(rb >> 2u) + k / 16u]);
 #else
     vec2 sm = vec2(uintBitsToFloat(w[rb >> 2u]), uintBitsToFloat(w[(rb >> 2u) + 1u]));
 #endif

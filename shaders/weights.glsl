@@ -189,11 +189,14 @@ float granule_dot(uint rb, uint g, XG xg) {
 #endif
 #endif
 
-#elif defined(W_I4_GROUPED) || defined(W_I4_PER_CHANNEL) || defined(W_I4_GROUPED32)
+#elif defined(W_I4_GROUPED) || defined(W_I4_PER_CHANNEL) || defined(W_I4_GROUPED32) \
+    || defined(W_I4_GROUPED16)
 // 4-bit codes in chunks of 64 elements / 32 bytes: byte j holds element j (low nibble) and
 // j + 32 (high nibble). w = min + scale * q with: I4_GROUPED an f16 (scale, min) per group of
 // 64; I4_GROUPED32 one per group of 32, so the low nibbles of chunk c are group 2c and the high
-// nibbles group 2c + 1 (SPEC.md §6.9); I4_PER_CHANNEL one f32 scale and f32 min per row.
+// nibbles group 2c + 1 (SPEC.md §6.9); I4_GROUPED16 one per group of 16 (each half of a nibble
+// plane, so one granule's low and high nibbles are one group each); I4_PER_CHANNEL one f32
+// scale and f32 min per row.
 const uint EPG = 32u;
 #if defined(W_I4_PER_CHANNEL)
 vec2 params_of(uint rb, uint k) {
@@ -202,6 +205,8 @@ vec2 params_of(uint rb, uint k) {
 #else
 #if defined(W_I4_GROUPED32)
 const uint GROUP = 32u;
+#elif defined(W_I4_GROUPED16)
+const uint GROUP = 16u;
 #else
 const uint GROUP = 64u;
 #endif
@@ -229,7 +234,7 @@ void granule_x(uint g, out vec4 xv[8]) {
 float granule_dot(uint rb, uint g, vec4 xv[8]) {
     uvec4 c = WG(((rb + p.codes_at) >> 4u) + g);
     uint k0 = granule_k0(g);
-    // low and high nibbles' (scale, min): the same pair unless I4_GROUPED32
+    // low and high nibbles' (scale, min): the same pair unless I4_GROUPED32 or I4_GROUPED16
     vec2 ml = params_of(rb, k0), mh = params_of(rb, k0 + 32u);
     float sl = 0.0, sh = 0.0;
     vec4 xl = vec4(0.0), xh = vec4(0.0);
@@ -267,8 +272,9 @@ float granule_dot(uint rb, uint g, XG xg) {
     int ih = SUDOT(xg.hi.x, c.x & mh) + SUDOT(xg.hi.y, c.y & mh)
            + SUDOT(xg.hi.z, c.z & mh) + SUDOT(xg.hi.w, c.w & mh);
     // |ih| <= 16 * 240 * 127: exact through i2f.
-#if defined(W_I4_GROUPED32)
-    // one (scale, min) per nibble plane: words 2c and 2c + 1 of the row's parameters
+#if defined(W_I4_GROUPED32) || defined(W_I4_GROUPED16)
+    // one (scale, min) per nibble plane: words 2c and 2c + 1 of the row's parameters (for
+    // I4_GROUPED16 words 4c + h and 4c + 2 + h)
     uint k0 = granule_k0(g);
     vec2 ml = params_of(rb, k0), mh2 = params_of(rb, k0 + 32u);
     return ml.x * xg.d.x * i2f(il) + mh2.x * xg.d.y * i2f(ih) + ml.y * xg.s.x + mh2.y * xg.s.y;

@@ -100,7 +100,12 @@ fn f16_to_f32(h: u16) -> f32 {
 }
 
 /// The weight types the W4ABF16 kernels read.
-pub const W4_QTYPES: [QType; 3] = [QType::I4Grouped, QType::I4Grouped32, QType::I4PerChannel];
+pub const W4_QTYPES: [QType; 4] = [
+    QType::I4Grouped,
+    QType::I4Grouped32,
+    QType::I4Grouped16,
+    QType::I4PerChannel,
+];
 
 pub(crate) fn check_w4(op: &'static str, qtype: QType) -> Result<()> {
     if W4_QTYPES.contains(&qtype) {
@@ -116,7 +121,7 @@ pub(crate) fn check_w4(op: &'static str, qtype: QType) -> Result<()> {
 #[inline]
 fn block_params_bf16(qtype: QType, params: &[u8], b: usize) -> (f32, f32) {
     let (s, m) = match qtype {
-        QType::I4Grouped | QType::I4Grouped32 => {
+        QType::I4Grouped | QType::I4Grouped32 | QType::I4Grouped16 => {
             let o = 4 * b;
             (
                 f16_to_f32(u16::from_le_bytes([params[o], params[o + 1]])),
@@ -144,7 +149,9 @@ fn block_lut(s: f32, m: f32) -> [f32; 16] {
 
 /// One stored row's bf16 weights (step 3) into `w`; `pbytes` = the row's parameter bytes.
 /// Per 64-element chunk `c` (32 code bytes), the low nibbles' and the high nibbles' tables:
-/// block `c` for both (I4_GROUPED), blocks `2c` and `2c + 1` (I4_GROUPED32), the row's (I4_PER_CHANNEL).
+/// block `c` for both (I4_GROUPED), blocks `2c` and `2c + 1` (I4_GROUPED32), the row's
+/// (I4_PER_CHANNEL); I4_GROUPED16 changes table every 16 bytes (blocks `4c`, `4c + 1` low,
+/// `4c + 2`, `4c + 3` high).
 fn dequantize_bf16(qtype: QType, row: &[u8], pbytes: usize, w: &mut [f32]) {
     let (params, codes) = row.split_at(pbytes);
     let lut = |b: usize| {
@@ -156,6 +163,16 @@ fn dequantize_bf16(qtype: QType, row: &[u8], pbytes: usize, w: &mut [f32]) {
         .zip(codes.chunks_exact(32))
         .enumerate()
     {
+        if qtype == QType::I4Grouped16 {
+            for h in 0..2 {
+                let (lo, hi) = (lut(4 * c + h), lut(4 * c + 2 + h));
+                for j in 16 * h..16 * h + 16 {
+                    o[j] = lo[(bytes[j] & 15) as usize];
+                    o[j + 32] = hi[(bytes[j] >> 4) as usize];
+                }
+            }
+            continue;
+        }
         let (lo, hi) = match qtype {
             QType::I4Grouped => (lut(c), None),
             QType::I4Grouped32 => (lut(2 * c), Some(lut(2 * c + 1))),

@@ -702,12 +702,12 @@ fn npu_eval_blocker(plan: &Plan, profile: &str) -> Option<String> {
         .find(|s| {
             !matches!(
                 s.qtype,
-                QType::I4Grouped | QType::I4Grouped32 | QType::I4PerChannel
+                QType::I4Grouped | QType::I4Grouped32 | QType::I4Grouped16 | QType::I4PerChannel
             )
         })
         .map(|s| {
             format!(
-                "`{}` is {} in an NPU bank, and the NPU engine model reads int4 attention weights only (I4_GROUPED, I4_GROUPED32, I4_PER_CHANNEL)",
+                "`{}` is {} in an NPU bank, and the NPU engine model reads int4 attention weights only (I4_GROUPED, I4_GROUPED32, I4_GROUPED16, I4_PER_CHANNEL)",
                 s.name,
                 s.qtype.name()
             )
@@ -1083,7 +1083,7 @@ mod tests {
     #[test]
     fn the_npu_evaluation_needs_int4_attention_in_npu_banks() {
         let phoenix = DeviceProfile::phoenix();
-        for q in [QType::I4Grouped, QType::I4Grouped32] {
+        for q in [QType::I4Grouped, QType::I4Grouped32, QType::I4Grouped16] {
             assert_eq!(npu_eval_blocker(&gemma_plan(q, &phoenix), "phoenix"), None);
         }
         let e = npu_eval_blocker(&gemma_plan(QType::I8Asym, &phoenix), "phoenix").unwrap();

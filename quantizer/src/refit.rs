@@ -37,7 +37,8 @@ fn coords(p: &BlockParams) -> (f64, f64) {
         BlockParams::I8Sym { scale } => (scale.to_f64(), 0.0),
         BlockParams::I8Asym { scale, min }
         | BlockParams::I4Grouped { scale, min }
-        | BlockParams::I4Grouped32 { scale, min } => (scale.to_f64(), min.to_f64()),
+        | BlockParams::I4Grouped32 { scale, min }
+        | BlockParams::I4Grouped16 { scale, min } => (scale.to_f64(), min.to_f64()),
         BlockParams::I4PerChannel { scale, min } => (scale as f64, min as f64),
         BlockParams::I2Structured { d, dmin, .. } => (d.to_f64(), dmin.to_f64()),
     }
@@ -63,6 +64,10 @@ fn with_coords(p: &BlockParams, a: f64, b: f64) -> Option<BlockParams> {
             min: h(b)?,
         },
         BlockParams::I4Grouped32 { .. } => BlockParams::I4Grouped32 {
+            scale: h(a)?,
+            min: h(b)?,
+        },
+        BlockParams::I4Grouped16 { .. } => BlockParams::I4Grouped16 {
             scale: h(a)?,
             min: h(b)?,
         },

@@ -6,7 +6,7 @@
 use mixq_e2e::{goldens, model_dir, workspace};
 use mixq_quantizer::convert::{convert, ConvertArgs};
 use mixq_runtime::backend::cpu::CpuBackend;
-use mixq_runtime::weights::{MixqStore, WeightStore};
+use mixq_runtime::weights::MixqStore;
 use mixq_runtime::{Gemma3, Logits};
 use std::path::{Path, PathBuf};
 

@@ -29,8 +29,8 @@ pub const MAGIC: [u8; 8] = *b"MIXQ\0\r\n\x1a";
 /// Major format version this code reads and writes. Bumped only for structural changes.
 pub const VERSION: u32 = 1;
 /// Minor version of the index this code writes (additive revisions: ignorable JSON fields,
-/// new quant type numbers). 1: quant type 8, I4_GROUPED32.
-pub const MINOR_VERSION: u32 = 1;
+/// new quant type numbers). 1: quant type 8, I4_GROUPED32; 2: quant type 9, I4_GROUPED16.
+pub const MINOR_VERSION: u32 = 2;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 64;
 /// Alignment of every section's file offset (and of the end of the header block).

@@ -26,6 +26,8 @@ pub enum BlockParams {
     I2Structured { d: f16, dmin: f16, scales: [u8; 8] },
     /// w = min + scale * q, q in 0..=15 (a group of 32).
     I4Grouped32 { scale: f16, min: f16 },
+    /// w = min + scale * q, q in 0..=15 (a group of 16).
+    I4Grouped16 { scale: f16, min: f16 },
 }
 
 impl BlockParams {
@@ -38,16 +40,18 @@ impl BlockParams {
             BlockParams::I4PerChannel { .. } => QType::I4PerChannel,
             BlockParams::I2Structured { .. } => QType::I2Structured,
             BlockParams::I4Grouped32 { .. } => QType::I4Grouped32,
+            BlockParams::I4Grouped16 { .. } => QType::I4Grouped16,
         }
     }
 
     /// The parameters of a type stored as one f16 (scale, min) pair per block (I8_ASYM,
-    /// I4_GROUPED, I4_GROUPED32); None for the other types.
+    /// I4_GROUPED, I4_GROUPED32, I4_GROUPED16); None for the other types.
     pub fn f16_affine(q: QType, scale: f16, min: f16) -> Option<BlockParams> {
         Some(match q {
             QType::I8Asym => BlockParams::I8Asym { scale, min },
             QType::I4Grouped => BlockParams::I4Grouped { scale, min },
             QType::I4Grouped32 => BlockParams::I4Grouped32 { scale, min },
+            QType::I4Grouped16 => BlockParams::I4Grouped16 { scale, min },
             _ => return None,
         })
     }
@@ -60,7 +64,8 @@ impl BlockParams {
             BlockParams::I8Sym { scale } => (scale.to_f32(), 0.0),
             BlockParams::I8Asym { scale, min }
             | BlockParams::I4Grouped { scale, min }
-            | BlockParams::I4Grouped32 { scale, min } => (scale.to_f32(), min.to_f32()),
+            | BlockParams::I4Grouped32 { scale, min }
+            | BlockParams::I4Grouped16 { scale, min } => (scale.to_f32(), min.to_f32()),
             BlockParams::I4PerChannel { scale, min } => (scale, min),
             BlockParams::I2Structured { d, dmin, scales } => {
                 let b = scales[i / 16];
@@ -101,7 +106,7 @@ impl BlockParams {
 pub(crate) fn code_max(q: QType) -> u8 {
     match q {
         QType::I8Asym => 255,
-        QType::I4Grouped | QType::I4PerChannel | QType::I4Grouped32 => 15,
+        QType::I4Grouped | QType::I4PerChannel | QType::I4Grouped32 | QType::I4Grouped16 => 15,
         QType::I2Structured => 3,
         QType::I8Sym => 127,
         _ => 0,
@@ -166,7 +171,7 @@ pub fn block_params(qtype: QType, x: &[f32], importance: Option<&[f32]>) -> Resu
     let weight = |i: usize| importance.map_or(1.0, |imp| imp[i].max(0.0));
     Ok(match qtype {
         QType::I8Sym => fit_sym(x, &weight),
-        QType::I8Asym | QType::I4Grouped | QType::I4Grouped32 => {
+        QType::I8Asym | QType::I4Grouped | QType::I4Grouped32 | QType::I4Grouped16 => {
             let (s, m) = fit_asym(x, &weight, code_max(qtype), true, false);
             best_f16_asym(qtype, x, &weight, s, m)
         }

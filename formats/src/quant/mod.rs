@@ -53,11 +53,14 @@ pub enum QType {
     /// Groups of 32: f16 scale + f16 min; 4-bit codes packed as I4_GROUPED's (chunks of 64, so
     /// each nibble plane of a chunk is one group); w = min + scale * q. 5.0 bpw.
     I4Grouped32 = 8,
+    /// Groups of 16: f16 scale + f16 min; 4-bit codes packed as I4_GROUPED's (chunks of 64, so
+    /// each half of a nibble plane is one group); w = min + scale * q. 6.0 bpw.
+    I4Grouped16 = 9,
 }
 
 impl QType {
     /// Every type, in number order.
-    pub const ALL: [QType; 9] = [
+    pub const ALL: [QType; 10] = [
         QType::F32,
         QType::F16,
         QType::BF16,
@@ -67,6 +70,7 @@ impl QType {
         QType::I4PerChannel,
         QType::I2Structured,
         QType::I4Grouped32,
+        QType::I4Grouped16,
     ];
 
     /// The type with this number, if this build knows it.
@@ -86,6 +90,7 @@ impl QType {
             QType::I4PerChannel => "I4_PER_CHANNEL",
             QType::I2Structured => "I2_STRUCTURED",
             QType::I4Grouped32 => "I4_GROUPED32",
+            QType::I4Grouped16 => "I4_GROUPED16",
         }
     }
 
@@ -101,23 +106,29 @@ impl QType {
     }
 
     /// Elements per block: a row's length must be a multiple of it. For the grouped types this
-    /// is the group; for I4_PER_CHANNEL and I4_GROUPED32 the 64-element packing chunk; for
+    /// is the group; for I4_PER_CHANNEL, I4_GROUPED32 and I4_GROUPED16 the 64-element packing chunk; for
     /// I2_STRUCTURED the super-block; 1 for the float types.
     pub fn block_size(self) -> usize {
         match self {
             QType::F32 | QType::F16 | QType::BF16 => 1,
             QType::I8Sym => 32,
-            QType::I8Asym | QType::I4Grouped | QType::I4PerChannel | QType::I4Grouped32 => 64,
+            QType::I8Asym
+            | QType::I4Grouped
+            | QType::I4PerChannel
+            | QType::I4Grouped32
+            | QType::I4Grouped16 => 64,
             QType::I2Structured => 128,
         }
     }
 
     /// Elements sharing one [`BlockParams`] in a row of `cols`: the group (or super-block),
-    /// the whole row for I4_PER_CHANNEL, half a packing chunk for I4_GROUPED32.
+    /// the whole row for I4_PER_CHANNEL, half (I4_GROUPED32) or a quarter (I4_GROUPED16) of a
+    /// packing chunk.
     pub fn param_block(self, cols: usize) -> usize {
         match self {
             QType::I4PerChannel => cols,
             QType::I4Grouped32 => 32,
+            QType::I4Grouped16 => 16,
             q => q.block_size(),
         }
     }
@@ -127,7 +138,7 @@ impl QType {
         match self {
             QType::F32 | QType::F16 | QType::BF16 => 0,
             QType::I8Sym => 2,
-            QType::I8Asym | QType::I4Grouped | QType::I4Grouped32 => 4,
+            QType::I8Asym | QType::I4Grouped | QType::I4Grouped32 | QType::I4Grouped16 => 4,
             QType::I4PerChannel => 8,
             QType::I2Structured => 12,
         }
@@ -141,6 +152,7 @@ impl QType {
             QType::I8Sym | QType::I8Asym => 8.5,
             QType::I4Grouped => 4.5,
             QType::I4Grouped32 => 5.0,
+            QType::I4Grouped16 => 6.0,
             QType::I4PerChannel => 4.0,
             QType::I2Structured => 2.75,
         }
@@ -163,7 +175,9 @@ impl QType {
             QType::F16 | QType::BF16 => cols.checked_mul(2).ok_or_else(ovf)?,
             // codes + params (no overflow: params < codes here)
             QType::I8Sym | QType::I8Asym => cols + self.row_param_bytes(cols),
-            QType::I4Grouped | QType::I4Grouped32 => cols / 2 + self.row_param_bytes(cols),
+            QType::I4Grouped | QType::I4Grouped32 | QType::I4Grouped16 => {
+                cols / 2 + self.row_param_bytes(cols)
+            }
             QType::I4PerChannel => (cols / 2).checked_add(8).ok_or_else(ovf)?,
             QType::I2Structured => (cols / 128).checked_mul(44).ok_or_else(ovf)?,
         };

@@ -4,7 +4,7 @@
 //! - 8-bit codes: one byte per element, in order.
 //! - 4-bit codes: chunks of 64 elements in 32 bytes; byte j of a chunk holds element j in its
 //!   low nibble and element j+32 in its high nibble (for I4_GROUPED32: the low nibbles are
-//!   one group, the high nibbles the next).
+//!   one group, the high nibbles the next; for I4_GROUPED16 each half of a nibble plane).
 //! - 2-bit codes: chunks of 128 elements in 32 bytes; byte j of a chunk holds elements j, j+32,
 //!   j+64, j+96 in bits 0-1, 2-3, 4-5, 6-7.
 
@@ -29,7 +29,7 @@ fn check_len(q: QType, what: &'static str, found: usize, expected: usize) -> Res
 #[inline]
 fn code_pos(q: QType, k: usize) -> (usize, u32) {
     match q {
-        QType::I4Grouped | QType::I4PerChannel | QType::I4Grouped32 => {
+        QType::I4Grouped | QType::I4PerChannel | QType::I4Grouped32 | QType::I4Grouped16 => {
             (k / 64 * 32 + k % 32, 4 * ((k % 64) / 32) as u32)
         }
         QType::I2Structured => (k / 128 * 32 + k % 32, 2 * ((k % 128) / 32) as u32),
@@ -40,7 +40,7 @@ fn code_pos(q: QType, k: usize) -> (usize, u32) {
 #[inline]
 fn code_mask(q: QType) -> u8 {
     match q {
-        QType::I4Grouped | QType::I4PerChannel | QType::I4Grouped32 => 0x0f,
+        QType::I4Grouped | QType::I4PerChannel | QType::I4Grouped32 | QType::I4Grouped16 => 0x0f,
         QType::I2Structured => 0x03,
         _ => 0xff,
     }
@@ -61,7 +61,7 @@ fn read_params(q: QType, params: &[u8], b: usize) -> BlockParams {
         QType::I8Sym => BlockParams::I8Sym {
             scale: f16_at(params, o),
         },
-        QType::I8Asym | QType::I4Grouped | QType::I4Grouped32 => {
+        QType::I8Asym | QType::I4Grouped | QType::I4Grouped32 | QType::I4Grouped16 => {
             BlockParams::f16_affine(q, f16_at(params, o), f16_at(params, o + 2))
                 .expect("an f16 (scale, min) type")
         }
@@ -87,7 +87,8 @@ fn write_params(p: &BlockParams, out: &mut [u8]) {
         BlockParams::I8Sym { scale } => out[..2].copy_from_slice(&scale.to_le_bytes()),
         BlockParams::I8Asym { scale, min }
         | BlockParams::I4Grouped { scale, min }
-        | BlockParams::I4Grouped32 { scale, min } => {
+        | BlockParams::I4Grouped32 { scale, min }
+        | BlockParams::I4Grouped16 { scale, min } => {
             out[..2].copy_from_slice(&scale.to_le_bytes());
             out[2..4].copy_from_slice(&min.to_le_bytes());
         }

@@ -26,13 +26,14 @@ impl Rng {
     }
 }
 
-const QUANTIZED: [QType; 6] = [
+const QUANTIZED: [QType; 7] = [
     QType::I8Sym,
     QType::I8Asym,
     QType::I4Grouped,
     QType::I4PerChannel,
     QType::I2Structured,
     QType::I4Grouped32,
+    QType::I4Grouped16,
 ];
 
 fn roundtrip(q: QType, src: &[f32], imp: Option<&[f32]>) -> (Vec<u8>, Vec<f32>) {
@@ -61,6 +62,7 @@ fn numbers_and_names_are_fixed() {
         (6, "I4_PER_CHANNEL"),
         (7, "I2_STRUCTURED"),
         (8, "I4_GROUPED32"),
+        (9, "I4_GROUPED16"),
     ];
     for (n, name) in expect {
         let q = QType::from_u8(n).unwrap();
@@ -68,10 +70,11 @@ fn numbers_and_names_are_fixed() {
         assert_eq!(q.name(), name);
         assert_eq!(QType::from_name(name), Some(q));
     }
-    assert_eq!(QType::from_u8(9), None);
+    assert_eq!(QType::from_u8(10), None);
     assert_eq!(serde_json::to_string(&QType::I4Grouped).unwrap(), "5");
     assert_eq!(serde_json::to_string(&QType::I4Grouped32).unwrap(), "8");
-    assert!(serde_json::from_str::<QType>("9").is_err());
+    assert_eq!(serde_json::to_string(&QType::I4Grouped16).unwrap(), "9");
+    assert!(serde_json::from_str::<QType>("10").is_err());
     assert_eq!(QType::from_name("i4-grouped32"), Some(QType::I4Grouped32));
 }
 
@@ -101,6 +104,7 @@ fn sizes_of_gemma_shapes() {
     assert_eq!(QType::I4Grouped.row_bytes(640).unwrap(), 320 + 40);
     assert_eq!(QType::I4Grouped32.row_bytes(640).unwrap(), 320 + 80);
     assert_eq!(QType::I4Grouped32.row_param_bytes(640), 80);
+    assert_eq!(QType::I4Grouped16.row_bytes(640).unwrap(), 320 + 160);
     assert_eq!(QType::I4PerChannel.row_param_bytes(640), 8);
     assert_eq!(QType::I2Structured.row_bytes(640).unwrap(), 5 * 44);
     assert_eq!(QType::I4PerChannel.row_bytes(640).unwrap(), 328);
@@ -110,13 +114,14 @@ fn sizes_of_gemma_shapes() {
 #[test]
 fn bad_sizes_are_errors() {
     // I4_GROUPED32: groups of 32, but rows are whole 64-element packing chunks
-    for q in [QType::I4Grouped, QType::I4Grouped32] {
+    for q in [QType::I4Grouped, QType::I4Grouped32, QType::I4Grouped16] {
         assert!(matches!(
             q.row_bytes(96),
             Err(MixqError::ColsNotMultiple { block: 64, .. })
         ));
     }
     assert!(block_params(QType::I4Grouped32, &[0.0; 64], None).is_err());
+    assert!(block_params(QType::I4Grouped16, &[0.0; 32], None).is_err());
     assert!(matches!(
         QType::I2Structured.row_bytes(192),
         Err(MixqError::ColsNotMultiple { block: 128, .. })
@@ -156,6 +161,7 @@ fn roundtrip_error_bounds() {
                 QType::I8Sym | QType::I8Asym => 0.012,
                 QType::I4Grouped => 0.13,
                 QType::I4Grouped32 => 0.11,
+                QType::I4Grouped16 => 0.10,
                 // one range per row: the 8x outliers of the test rows cost most here
                 QType::I4PerChannel => 0.45,
                 QType::I2Structured => 0.32,
@@ -270,6 +276,7 @@ fn importance_lowers_weighted_error() {
         QType::I2Structured,
         QType::I4PerChannel,
         QType::I4Grouped32,
+        QType::I4Grouped16,
     ] {
         let werr = |deq: &[f32]| -> f64 {
             src.iter()
@@ -374,6 +381,31 @@ fn golden_layouts() {
     assert_eq!(
         (w[0], w[31], w[32], w[33], w[63]),
         (-8.0, 7.0, 2.0, 2.5, 9.5)
+    );
+
+    // I4_GROUPED16, 64 columns, the same codes: groups of 16 in element order, so group 1
+    // (elements 16..31) is the second half of the low nibbles and group 2 (32..47) the first
+    // half of the high nibbles; scales 1, 0.5, 2, 0.25 and mins -8, 2, 0, 1
+    let p: Vec<BlockParams> = [(1.0, -8.0), (0.5, 2.0), (2.0, 0.0), (0.25, 1.0)]
+        .map(|(s, m)| BlockParams::I4Grouped16 {
+            scale: h(s),
+            min: h(m),
+        })
+        .to_vec();
+    let mut row = vec![0u8; 48];
+    pack_row(QType::I4Grouped16, &p, &codes, &mut row).unwrap();
+    assert_eq!(
+        hex(&row),
+        "003c00c8\
+         00380040\
+         00400000\
+         0034003c\
+         00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+    );
+    dequantize_row(QType::I4Grouped16, &row, &mut w).unwrap();
+    assert_eq!(
+        (w[0], w[15], w[16], w[31], w[32], w[47], w[48], w[63]),
+        (-8.0, 7.0, 2.0, 9.5, 0.0, 30.0, 1.0, 4.75)
     );
 
     // I4_PER_CHANNEL, 64 columns: f32 scale 0.5, f32 min -4.0; codes 15 - k % 16

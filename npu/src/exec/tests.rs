@@ -70,7 +70,12 @@ fn reference_matvec(qtype: QType, weight: &[u8], rows: usize, cols: usize, x: &[
 fn matvec_matches_the_defined_semantics_exactly() {
     let ex = FunctionalExecutor::new();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    for qtype in [QType::I4Grouped, QType::I4PerChannel, QType::I4Grouped32] {
+    for qtype in [
+        QType::I4Grouped,
+        QType::I4PerChannel,
+        QType::I4Grouped32,
+        QType::I4Grouped16,
+    ] {
         // hidden sizes of Gemma 3 270M, 1B, 27B; 4096 = 27B's q_dim
         for (rows, cols) in [(24usize, 640usize), (16, 1152), (8, 5376), (8, 4096)] {
             let w = quantized(qtype, rows, cols, &mut rng);
@@ -96,7 +101,12 @@ fn matvec_is_close_to_the_cpu_reference_dot() {
     // only by bf16 rounding: about 2^-9 relative per element, averaging down.
     let ex = FunctionalExecutor::new();
     let mut rng = Rng(7);
-    for qtype in [QType::I4Grouped, QType::I4PerChannel, QType::I4Grouped32] {
+    for qtype in [
+        QType::I4Grouped,
+        QType::I4PerChannel,
+        QType::I4Grouped32,
+        QType::I4Grouped16,
+    ] {
         let (rows, cols) = (32, 2560);
         let w = quantized(qtype, rows, cols, &mut rng);
         let x = rng.vec(cols, 1.0);

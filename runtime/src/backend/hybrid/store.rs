@@ -69,13 +69,13 @@ pub fn phoenix_int4_rule(name: &str) -> Option<(QType, Option<&'static str>)> {
 
 /// Round to nearest with each block's min and max as its range: no search, so the 262144-row
 /// embedding table takes a second, not minutes (`quantize_row`'s importance-weighted fit).
-/// Affine types only (I8_ASYM, I4_GROUPED, I4_GROUPED32, I4_PER_CHANNEL).
+/// Affine types only (I8_ASYM, I4_GROUPED, I4_GROUPED32, I4_GROUPED16, I4_PER_CHANNEL).
 fn quantize_row_minmax(qtype: QType, x: &[f32], out: &mut [u8]) -> Result<()> {
     let levels = match qtype {
         QType::I8Asym => 255.0,
-        QType::I4Grouped | QType::I4Grouped32 | QType::I4PerChannel => 15.0,
+        QType::I4Grouped | QType::I4Grouped32 | QType::I4Grouped16 | QType::I4PerChannel => 15.0,
         q => bail!(
-            "{}: round-to-nearest store supports I8_ASYM, I4_GROUPED, I4_GROUPED32 and I4_PER_CHANNEL",
+            "{}: round-to-nearest store supports I8_ASYM, I4_GROUPED, I4_GROUPED32, I4_GROUPED16 and I4_PER_CHANNEL",
             q.name()
         ),
     };

@@ -192,6 +192,7 @@ fn format_tag(q: QType) -> &'static str {
         QType::I4PerChannel => "i4perchannel",
         QType::I2Structured => "i2structured",
         QType::I4Grouped32 => "i4grouped32",
+        QType::I4Grouped16 => "i4grouped16",
     }
 }
 
@@ -390,7 +391,7 @@ fn matvec_shape(q: QType, cols: usize, rows: usize, kind: MatvecKind) -> (u32, u
         QType::F32 => 4,
         QType::F16 | QType::BF16 => 8,
         QType::I8Sym | QType::I8Asym => 16,
-        QType::I4Grouped | QType::I4PerChannel | QType::I4Grouped32 => 32,
+        QType::I4Grouped | QType::I4PerChannel | QType::I4Grouped32 | QType::I4Grouped16 => 32,
         QType::I2Structured => 64,
     };
     let wg = if cols / epg >= 96 { 128 } else { 64 };
@@ -1057,6 +1058,7 @@ impl VulkanBackend {
                     | QType::I4PerChannel
                     | QType::I2Structured
                     | QType::I4Grouped32
+                    | QType::I4Grouped16
             )
     }
 

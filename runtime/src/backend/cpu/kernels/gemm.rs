@@ -13,6 +13,8 @@
 //! `sum_k w x = S_g d_g sum(u q) + M_g dsum_g` (`d`, `dsum` from [`QAct`]):
 //! - I8_ASYM, I4_GROUPED, I4_GROUPED32: `S`, `M` are the group's scale and min (I4_GROUPED32:
 //!   activation blocks of 32, one per nibble plane of a 64-element chunk).
+//! - I4_GROUPED16: the same per group of 16, two groups per activation block of 32, so the
+//!   mins' `dsum` is `d_b sum16(q)` from [`QAct::s16`].
 //! - I4_PER_CHANNEL: the row's scale and min in every group.
 //! - I8_SYM: `u = c + 128`, `M = -128 S`.
 //! - I2_STRUCTURED: the 4-bit sub-scale is folded into the code (`u = q sc <= 45`), `S = d`,
@@ -39,9 +41,11 @@ pub struct Tile {
     qtype: QType,
     cols: usize,
     blk: usize,
+    /// Elements per `(S, M)`: the activation block, or 16 for I4_GROUPED16.
+    grp: usize,
     /// u8 codes, `[cols / 4][TILE][4]`; rows past the weight's end are zero.
     codes: Vec<u8>,
-    /// Per activation block: `TILE` scales `S`, then `TILE` offsets `M` (I2: `-dmin`).
+    /// Per group of `grp`: `TILE` scales `S`, then `TILE` offsets `M` (I2: `-dmin`).
     sm: Vec<f32>,
     /// I2 only, per super-block: sub-group mins in pairs, `[4][TILE][2]` i16 (the `vpdpwssd`
     /// layout: lane r holds `(m_2p, m_2p+1)` of row r).
@@ -61,11 +65,13 @@ fn f(b: &[u8], o: usize) -> f32 {
 impl Tile {
     pub fn new(qtype: QType, cols: usize) -> Tile {
         let blk = super::act_block(qtype);
-        let groups = cols / blk;
+        let grp = if qtype == QType::I4Grouped16 { 16 } else { blk };
+        let groups = cols / grp;
         Tile {
             qtype,
             cols,
             blk,
+            grp,
             codes: vec![0; cols * TILE],
             sm: vec![0.0; groups * 2 * TILE],
             m16: if qtype == QType::I2Structured {
@@ -122,7 +128,7 @@ impl Tile {
     /// `m16`.
     fn unpack_row(&mut self, r: usize, row: &[u8]) {
         let cols = self.cols;
-        let groups = cols / self.blk;
+        let groups = cols / self.grp;
         let (sm, out) = (&mut self.sm, &mut self.rows[r * cols..(r + 1) * cols]);
         let mut set = |g: usize, s: f32, m: f32| {
             sm[g * 2 * TILE + r] = s;
@@ -143,10 +149,10 @@ impl Tile {
                     *o = c ^ 0x80;
                 }
             }
-            QType::I4Grouped | QType::I4PerChannel | QType::I4Grouped32 => {
+            QType::I4Grouped | QType::I4PerChannel | QType::I4Grouped32 | QType::I4Grouped16 => {
                 let (p, per_row) = match self.qtype {
-                    QType::I4Grouped | QType::I4Grouped32 => (4 * groups, None),
-                    _ => (8, Some((f(row, 0), f(row, 4)))),
+                    QType::I4PerChannel => (8, Some((f(row, 0), f(row, 4)))),
+                    _ => (4 * groups, None),
                 };
                 match per_row {
                     Some((s, m)) => (0..groups).for_each(|g| set(g, s, m)),
@@ -322,20 +328,27 @@ unsafe fn isums<const T: usize>(w: *const u8, steps: usize, x: [*const u8; T]) -
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn block_affine<const T: usize>(tile: &Tile, a: &QAct, t0: usize) -> [__m512; T] {
-    let (cols, blk) = (tile.cols, tile.blk);
-    let groups = cols / blk;
+    let (cols, blk, grp) = (tile.cols, tile.blk, tile.grp);
+    let (groups, blocks, per) = (cols / grp, cols / blk, blk / grp);
     let xq = a.q.as_ptr() as *const u8;
     let mut facc = [_mm512_setzero_ps(); T];
     for g in 0..groups {
-        let x: [*const u8; T] = std::array::from_fn(|t| xq.add((t0 + t) * cols + g * blk));
-        let acc = isums::<T>(tile.codes.as_ptr().add(g * blk * TILE), blk / 4, x);
+        let x: [*const u8; T] = std::array::from_fn(|t| xq.add((t0 + t) * cols + g * grp));
+        let acc = isums::<T>(tile.codes.as_ptr().add(g * grp * TILE), grp / 4, x);
         let sm = tile.sm.as_ptr().add(g * 2 * TILE);
         let (s, m) = (_mm512_loadu_ps(sm), _mm512_loadu_ps(sm.add(TILE)));
         for t in 0..T {
-            let b = (t0 + t) * groups + g;
+            let b = (t0 + t) * blocks + g / per;
+            let d = *a.d.get_unchecked(b);
+            // the group's activation sum: the block's, or (groups of 16) d times its codes' sum
+            let ds = if per == 1 {
+                *a.dsum.get_unchecked(b)
+            } else {
+                d * *a.s16.get_unchecked((t0 + t) * cols / 16 + g) as f32
+            };
             let y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[t]), s);
-            facc[t] = _mm512_fmadd_ps(y, _mm512_set1_ps(*a.d.get_unchecked(b)), facc[t]);
-            facc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(*a.dsum.get_unchecked(b)), facc[t]);
+            facc[t] = _mm512_fmadd_ps(y, _mm512_set1_ps(d), facc[t]);
+            facc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(ds), facc[t]);
         }
     }
     facc

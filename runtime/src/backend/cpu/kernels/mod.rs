@@ -150,6 +150,7 @@ pub fn decode(isa: Isa, q: QType) -> Decode {
             QType::I4PerChannel => x86::decode_i4pc,
             QType::I2Structured => x86::decode_i2,
             QType::I4Grouped32 => x86::decode_i4g32,
+            QType::I4Grouped16 => x86::decode_i4g16,
         };
     }
     let _ = isa;
@@ -174,7 +175,7 @@ pub fn q_dot(isa: Isa, q: QType) -> Option<QDot> {
 /// The activation block a weight type's integer kernel wants: its group (super-block for I2).
 pub fn act_block(q: QType) -> usize {
     match q {
-        QType::I8Sym | QType::I4Grouped32 => 32,
+        QType::I8Sym | QType::I4Grouped32 | QType::I4Grouped16 => 32,
         QType::I2Structured => 128,
         _ => 64,
     }

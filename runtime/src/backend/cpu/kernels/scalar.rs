@@ -90,6 +90,7 @@ pub fn decode(q: QType) -> Decode {
         QType::I4PerChannel => |r, o| unsafe { decode_quant(QType::I4PerChannel, r, o) },
         QType::I2Structured => |r, o| unsafe { decode_quant(QType::I2Structured, r, o) },
         QType::I4Grouped32 => |r, o| unsafe { decode_quant(QType::I4Grouped32, r, o) },
+        QType::I4Grouped16 => |r, o| unsafe { decode_quant(QType::I4Grouped16, r, o) },
     }
 }
 
@@ -101,6 +102,7 @@ pub fn q_dot(q: QType) -> QDot {
         QType::I4PerChannel => q_i4pc,
         QType::I2Structured => q_i2,
         QType::I4Grouped32 => q_i4g32,
+        QType::I4Grouped16 => q_i4g16,
         _ => unreachable!("float types have no integer kernel"),
     }
 }
@@ -169,6 +171,23 @@ pub unsafe fn q_i4g(row: &[u8], a: &QAct, t: usize) -> f32 {
 pub unsafe fn q_i4g32(row: &[u8], a: &QAct, t: usize) -> f32 {
     let p = 4 * a.cols / 32;
     q_asym(row, a, t, 32, |r, k| nib(&r[p..], k))
+}
+
+/// I4_GROUPED16: the same nibbles, one (scale, min) per 16, activation blocks of 32 (two
+/// groups share a block's scale): `d_b sum_g s_g sum16(q c) + d_b sum_g m_g sum16(q)`.
+pub unsafe fn q_i4g16(row: &[u8], a: &QAct, t: usize) -> f32 {
+    let (x, b0) = act(a, t);
+    let p = 4 * a.cols / 16;
+    let s16 = &a.s16[t * a.cols / 16..];
+    let mut acc = 0f32;
+    for g in 0..a.cols / 16 {
+        let s: i32 = (16 * g..16 * g + 16)
+            .map(|k| nib(&row[p..], k) * x[k] as i32)
+            .sum();
+        let dx = a.d[b0 + g / 2];
+        acc += h(row, 4 * g) * dx * s as f32 + h(row, 4 * g + 2) * dx * s16[g] as f32;
+    }
+    acc
 }
 
 /// I4_PER_CHANNEL: one f32 (scale, min) per row: `scale sum_b d_b sum(q c) + min tot`.

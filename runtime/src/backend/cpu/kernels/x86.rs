@@ -228,6 +228,30 @@ pub unsafe fn decode_i4g32(row: &[u8], out: &mut [f32]) {
     }
 }
 
+/// I4_GROUPED16: chunk i holds groups 4i..4i+3 in element order: the low nibbles of bytes
+/// 0..15 and 16..31, then the high nibbles of the same bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn decode_i4g16(row: &[u8], out: &mut [f32]) {
+    let chunks = out.len() / 64;
+    let (p, c, o) = (
+        row.as_ptr(),
+        row.as_ptr().add(16 * chunks),
+        out.as_mut_ptr(),
+    );
+    let mask = _mm256_set1_epi32(15);
+    for i in 0..chunks {
+        let (a, b) = (h8(p.add(16 * i)), h8(p.add(16 * i + 8)));
+        let sm = [pair(&a, 0), pair(&a, 1), pair(&b, 0), pair(&b, 1)];
+        for j in 0..4 {
+            let v = u8x8(c.add(32 * i + 8 * j));
+            let (lo, hi) = (sm[j / 2], sm[2 + j / 2]);
+            let e = o.add(64 * i + 8 * j);
+            _mm256_storeu_ps(e, affine(lo.1, lo.0, _mm256_and_si256(v, mask)));
+            _mm256_storeu_ps(e.add(32), affine(hi.1, hi.0, _mm256_srli_epi32(v, 4)));
+        }
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn decode_i4pc(row: &[u8], out: &mut [f32]) {
     let g = out.len() / 64;
@@ -297,6 +321,7 @@ macro_rules! int_kernels {
                     QType::I4PerChannel => i4pc,
                     QType::I2Structured => i2,
                     QType::I4Grouped32 => i4g32,
+                    QType::I4Grouped16 => i4g16,
                     _ => unreachable!("float types have no integer kernel"),
                 }
             }
@@ -500,6 +525,49 @@ macro_rules! int_kernels {
                     i += 8;
                 }
                 hsum_ps(_mm256_add_ps(acc[0], acc[1])) + hsum_ps(accm)
+            }
+
+            /// I4_GROUPED16: each 128-bit lane of a nibble plane is one group of 16, so the
+            /// dot product's 8 i32 lanes split 4 + 4 between two groups, and one vector of
+            /// `scale x d` (each group's scale in its 4 lanes) weights them: no per-group
+            /// broadcast. Activation blocks of 32 (the low or high nibbles of a chunk); the
+            /// mins use the activation sums per 16.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn i4g16(row: &[u8], a: &QAct, t: usize) -> f32 {
+                let chunks = a.cols / 64;
+                let (p, c) = (row.as_ptr(), row.as_ptr().add(16 * chunks));
+                let x = a.q.as_ptr().add(t * a.cols) as *const u8;
+                let d = a.d.as_ptr().add(t * 2 * chunks);
+                let s16 = a.s16.as_ptr().add(t * a.cols / 16);
+                let z = _mm256_setzero_si256();
+                let mask = _mm256_set1_epi8(15);
+                // [s0 m0 s1 m1 s2 m2 s3 m3] -> scales of groups 0, 1 (low) / 2, 3 (high) by 4
+                let (slo, shi) = (
+                    _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2),
+                    _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6),
+                );
+                let mins = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+                let (mut acc, mut accm) = ([_mm256_setzero_ps(); 2], _mm_setzero_ps());
+                for k in 0..chunks {
+                    let sm = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * k) as *const __m128i));
+                    let (d0, d1) = (*d.add(2 * k), *d.add(2 * k + 1));
+                    let v = ld(c.add(32 * k));
+                    let lo = _mm256_and_si256(v, mask);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                    let s0 = dp(z, lo, ld(x.add(64 * k)));
+                    let s1 = dp(z, hi, ld(x.add(64 * k + 32)));
+                    let w0 = _mm256_mul_ps(_mm256_permutevar8x32_ps(sm, slo), _mm256_set1_ps(d0));
+                    let w1 = _mm256_mul_ps(_mm256_permutevar8x32_ps(sm, shi), _mm256_set1_ps(d1));
+                    acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), w0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), w1, acc[1]);
+                    let m = _mm256_castps256_ps128(_mm256_permutevar8x32_ps(sm, mins));
+                    let sx = _mm_cvtepi32_ps(_mm_cvtepi16_epi32(_mm_loadl_epi64(
+                        s16.add(4 * k) as *const __m128i
+                    )));
+                    let dd = _mm_setr_ps(d0, d0, d1, d1);
+                    accm = _mm_fmadd_ps(_mm_mul_ps(m, dd), sx, accm);
+                }
+                hsum_ps(_mm256_add_ps(acc[0], acc[1])) + hsum4(accm)
             }
 
             #[target_feature(enable = $feat)]
