@@ -12,7 +12,8 @@ run about one point below `mixq-quantize convert`; use it for differences betwee
 Run with the golden venv (`make golden-env`):
   ~/.cache/mixq/venv-ref/bin/python scripts/quant_lab.py \
       --exp 'all:4:64:gptq' --exp 'all:4:32:gptq' --exp 'down_proj:4:64:gptq'
-An experiment is CLASSES:BITS:GROUP:METHOD; CLASSES is `all` or a comma list of q_proj,
+An experiment is CLASSES:BITS:GROUP:METHOD[:FINE] (FINE: a comma list of classes quantized
+with groups of 16 instead of GROUP); CLASSES is `all` or a comma list of q_proj,
 k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (the others stay full precision);
 METHOD is rtn (min/max), gptq (damp 0.1, group grid fitted when the group starts), gptqls
 (gptq, then every row's group grid refitted by least squares with the codes fixed; gptqlsN:
@@ -25,6 +26,9 @@ weighting on o/down only / on q/k only), gptqr (gptqo's o/down weights also divi
 the mean square of the residual stream entering the layer), gptqg (each group's clipping
 chosen per row by GPTQ's own loss over the group's columns; gptqgo: with gptqo's Hessians),
 gptqv (gptqo, and v_proj's tokens weighted by sum_t a_ts^2 / mean(o_t^2): the attention they feed),
+gptqf (gptqv, and gate/up's tokens weighted by their path through the GELU gating, down_proj
+and the post-FFN norm: sum_j |D[:, j]|^2 gelu(g_tj)^2 for up, ... gelu'(g_tj)^2 u_tj^2 for gate,
+over sum_j |D[:, j]|^2, divided by mean(y_t^2) of down's output),
 or rot128 (block-Hadamard rotation, then gptq).
 --search fits every group's (scale, min) by a clipping grid weighted by diag(H), as the
 converter does (without it the grid is plain min/max). --spread takes the calibration sequences
@@ -272,7 +276,7 @@ def main():
         with torch.no_grad():
             ref_lp = [torch.log_softmax(model(c[None]).logits[0].float(), -1) for c in calib]
     H, HN, HS, HR, PEND, RES, hooks = {}, {}, {}, {}, {}, {}, []
-    HV, VX, OMS = {}, {}, {}
+    HV, VX, OMS, HF, GU = {}, {}, {}, {}, {}
     hd = model.config.head_dim
     for n in linears:
         def hook(_m, inp, out, n=n):
@@ -286,6 +290,27 @@ def main():
                 VX["x"] = x
             if "o_proj" in n:
                 OMS["ms"] = y.pow(2).mean(1) + 1e-12
+            if "gate_proj" in n or "up_proj" in n:
+                GU["gate" if "gate_proj" in n else "up"] = y
+                GU["x"] = x
+            if "down_proj" in n:
+                # gate/up through the GELU gating, down and the post-FFN norm: row j's error
+                # reaches the output as D[:, j] * gelu(g_tj) (up) or D[:, j] * gelu'(g_tj) u_tj
+                # (gate), divided by rms(y_t); one token weight per tensor, the rows' mean
+                # weighted by |D[:, j]|^2
+                g, u, xg = GU["gate"], GU["up"], GU["x"]
+                cj = _m.weight.double().pow(2).sum(0)  # [intermediate]
+                gg = g.float().requires_grad_(True)
+                with torch.enable_grad():
+                    ge = torch.nn.functional.gelu(gg, approximate="tanh")
+                    (dge,) = torch.autograd.grad(ge.sum(), gg)
+                ge, dge = ge.detach().double(), dge.double()
+                inv = 1.0 / (y.pow(2).mean(1) + 1e-12)
+                wu = (ge.pow(2) * cj).sum(1) / cj.sum() * inv
+                wg = ((dge * u).pow(2) * cj).sum(1) / cj.sum() * inv
+                pre = n[: -len("down_proj.weight")]
+                for nm, wt in ((pre + "up_proj.weight", wu), (pre + "gate_proj.weight", wg)):
+                    HF[nm] = HF.get(nm, 0) + (xg * wt[:, None]).T @ xg
             if any(c in n for c in ("o_proj", "down_proj")):
                 wt = 1.0 / (y.pow(2).mean(1) + 1e-12)
                 HN[n] = HN.get(n, 0) + (x * wt[:, None]).T @ x
@@ -335,15 +360,17 @@ def main():
     print(f"PPL_ref {p_ref:.3f} ({sum(len(w) - 1 for w in ewins)} tokens of {a.eval} in windows of {a.window}); calibration {a.calib_seqs} x 512 {'spread' if a.spread else 'from the start'}; Hessians in {time.time() - t0:.0f} s", flush=True)
 
     for exp in a.exp:
-        classes, bits, g, method = exp.split(":")
+        classes, bits, g, method, *fine = exp.split(":")
+        fine = fine[0].split(",") if fine else []
         chosen = CLASSES if classes == "all" else classes.split(",")
-        bits, g = int(bits), int(g)
+        bits, g0 = int(bits), int(g)
         with torch.no_grad():
             for n, p in model.named_parameters():
                 p.copy_(orig[n])
                 if n not in linears or not any(f".{c}." in n for c in chosen):
                     continue
                 W = orig[n]
+                g = 16 if any(f".{c}." in n for c in fine) else g0
                 if method == "rtn":
                     Q = rtn(W, bits, g, a.search)
                 elif method == "gptq":
@@ -368,6 +395,11 @@ def main():
                 elif method == "gptqv":
                     # gptqo, and v_proj weighted by the attention it feeds
                     hn = HV.get(n, HN.get(n))
+                    hn = None if isinstance(hn, list) else hn
+                    Q = gptq(W, H[n] if hn is None else hn, bits, g, a.search, damp=a.damp)
+                elif method == "gptqf":
+                    # gptqv, and gate/up weighted through the GELU gating, down and its norm
+                    hn = HF.get(n, HV.get(n, HN.get(n)))
                     hn = None if isinstance(hn, list) else hn
                     Q = gptq(W, H[n] if hn is None else hn, bits, g, a.search, damp=a.damp)
                 elif method == "gptqr":
