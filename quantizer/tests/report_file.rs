@@ -2,7 +2,7 @@
 //! budget and fill, every tensor, totals by class; verify passes on the file and names the
 //! section of a flipped byte; the binary exits non-zero with a clear message.
 
-use mixq_format::mixq::{FileMeta, MixqFile, MixqWriter, Recipe, BLOB_REPORT};
+use mixq_format::mixq::{FileMeta, MixqFile, MixqWriter, Recipe, BLOB_REPORT, MINOR_VERSION};
 use mixq_format::profile::{plan, DeviceProfile, TensorSpec};
 use mixq_format::quant::QType;
 use mixq_format::Gemma3Config;
@@ -109,8 +109,10 @@ fn inspect_shows_sections_tensors_and_totals() {
     assert_eq!(qkv.bits_per_weight, 4.5);
     let text = render_inspection(&i);
     println!("{text}");
+    // the version this build writes (1.2 since I4_GROUPED16)
+    let version = format!("mixq format 1.{MINOR_VERSION}");
     for needle in [
-        "mixq format 1.1",
+        version.as_str(),
         "npu.bank0",
         "(empty)",
         "I2_STRUCTURED",
