@@ -540,8 +540,11 @@ def main() -> None:
     if imatrix_info:
         print(f"  imatrix: {imatrix_info['chunks']} x {imatrix_info['chunk_tokens']} tokens of "
               f"{a.calib} (of {imatrix_info['calib_tokens_available']} available)")
-    print(f"  F16 PPL {ref['ppl_quant']:.3f}; mixq's reference (HF checkpoint, its own runtime) "
-          f"PPL_ref {MIXQ_PPL_REF:.3f} (ratio {ref['ppl_quant'] / MIXQ_PPL_REF:.4f})\n")
+    # MIXQ_PPL_REF is mixq's figure on the default 1024 tokens only: compare just there (on
+    # other lengths `mixq-quantize report --eval-tokens N` prints mixq's own PPL_ref)
+    same = (f"; mixq's reference (HF checkpoint, its own runtime) PPL_ref {MIXQ_PPL_REF:.3f} "
+            f"(ratio {ref['ppl_quant'] / MIXQ_PPL_REF:.4f})" if a.eval_tokens == DEFAULT_EVAL_TOKENS else "")
+    print(f"  F16 PPL {ref['ppl_quant']:.3f}{same}\n")
     hdr = (f"{'type':<12} {'size MB':>8} {'layer bpw':>9} {'PPL':>9} {'retention %':>11} "
            f"{'PPL ratio':>9} {'KL mean':>9} {'KL p99':>8} {'top-1 %':>8}")
     print(hdr)
