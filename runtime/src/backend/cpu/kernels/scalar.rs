@@ -178,14 +178,15 @@ pub unsafe fn q_i4g32(row: &[u8], a: &QAct, t: usize) -> f32 {
 pub unsafe fn q_i4g16(row: &[u8], a: &QAct, t: usize) -> f32 {
     let (x, b0) = act(a, t);
     let p = 4 * a.cols / 16;
-    let s16 = &a.s16[t * a.cols / 16..];
+    let groups = a.cols / 16;
+    let s16 = &a.s16[t * groups..(t + 1) * groups];
     let mut acc = 0f32;
-    for g in 0..a.cols / 16 {
+    for (g, &sum) in s16.iter().enumerate() {
         let s: i32 = (16 * g..16 * g + 16)
             .map(|k| nib(&row[p..], k) * x[k] as i32)
             .sum();
         let dx = a.d[b0 + g / 2];
-        acc += h(row, 4 * g) * dx * s as f32 + h(row, 4 * g + 2) * dx * s16[g] as f32;
+        acc += h(row, 4 * g) * dx * s as f32 + h(row, 4 * g + 2) * dx * sum as f32;
     }
     acc
 }
