@@ -148,40 +148,33 @@ fn block_lut(s: f32, m: f32) -> [f32; 16] {
 }
 
 /// One stored row's bf16 weights (step 3) into `w`; `pbytes` = the row's parameter bytes.
-/// Per 64-element chunk `c` (32 code bytes), the low nibbles' and the high nibbles' tables:
-/// block `c` for both (I4_GROUPED), blocks `2c` and `2c + 1` (I4_GROUPED32), the row's
-/// (I4_PER_CHANNEL); I4_GROUPED16 changes table every 16 bytes (blocks `4c`, `4c + 1` low,
-/// `4c + 2`, `4c + 3` high).
+/// Every int4 type packs 64 elements per 32 code bytes (element j in the low nibble of byte j,
+/// j + 32 in the high nibble), so each 16-byte half of a chunk lies inside one parameter block
+/// per nibble plane: the block of its first element (`param_block`: 64, 32, 16 or the whole
+/// row). A plane's 16-entry table is rebuilt only when its block changes.
 fn dequantize_bf16(qtype: QType, row: &[u8], pbytes: usize, w: &mut [f32]) {
     let (params, codes) = row.split_at(pbytes);
-    let lut = |b: usize| {
-        let (s, m) = block_params_bf16(qtype, params, b);
-        block_lut(s, m)
-    };
+    let pb = qtype.param_block(w.len());
+    // (block, table) of the low and the high nibbles
+    let mut tables = [(usize::MAX, [0f32; 16]); 2];
     for (c, (o, bytes)) in w
         .chunks_exact_mut(64)
         .zip(codes.chunks_exact(32))
         .enumerate()
     {
-        if qtype == QType::I4Grouped16 {
-            for h in 0..2 {
-                let (lo, hi) = (lut(4 * c + h), lut(4 * c + 2 + h));
-                for j in 16 * h..16 * h + 16 {
-                    o[j] = lo[(bytes[j] & 15) as usize];
-                    o[j + 32] = hi[(bytes[j] >> 4) as usize];
+        for h in 0..2 {
+            for (plane, first) in [(0, 64 * c + 16 * h), (1, 64 * c + 32 + 16 * h)] {
+                let b = first / pb;
+                if tables[plane].0 != b {
+                    let (s, m) = block_params_bf16(qtype, params, b);
+                    tables[plane] = (b, block_lut(s, m));
                 }
             }
-            continue;
-        }
-        let (lo, hi) = match qtype {
-            QType::I4Grouped => (lut(c), None),
-            QType::I4Grouped32 => (lut(2 * c), Some(lut(2 * c + 1))),
-            _ => (lut(0), None),
-        };
-        let hi = hi.unwrap_or(lo);
-        for j in 0..32 {
-            o[j] = lo[(bytes[j] & 15) as usize];
-            o[j + 32] = hi[(bytes[j] >> 4) as usize];
+            let (lo, hi) = (&tables[0].1, &tables[1].1);
+            for j in 16 * h..16 * h + 16 {
+                o[j] = lo[(bytes[j] & 15) as usize];
+                o[j + 32] = hi[(bytes[j] >> 4) as usize];
+            }
         }
     }
 }
