@@ -30,6 +30,16 @@ gptqf (gptqv, and gate/up's tokens weighted by their path through the GELU gatin
 and the post-FFN norm: sum_j |D[:, j]|^2 gelu(g_tj)^2 for up, ... gelu'(g_tj)^2 u_tj^2 for gate,
 over sum_j |D[:, j]|^2, divided by mean(y_t^2) of down's output),
 or rot128 (block-Hadamard rotation, then gptq).
+Several parts joined by `+` quantize different classes differently in one experiment; BITS `2s`
+is I2_STRUCTURED (4-bit sub-scales and mins per 16 under one f16 d, dmin per 128, as stored);
+GROUP 0 is one group per row (I4_PER_CHANNEL). The seed's `optimal`, as the converter builds it:
+  --exp 'q_proj,k_proj,v_proj,down_proj:4:64:gptqv+o_proj:4:0:gptqv+gate_proj,up_proj:2s:16:rot128'
+--tune N then distills with the codes fixed (gptq, gptqv and rotN parts only): N Adam steps on
+--tune-seqs calibration sequences of --tune-len tokens move every quantized linear's grid by a
+factor per group (per super-block for 2s: d and dmin) and, with --tune-norms, the RMSNorm gains,
+to lower KL(P_ref || P_quant) over the whole model (--tune-mode e2e) or each layer's relative
+output error in turn (--tune-mode block, against the full-precision stream or, with
+--tune-target sym, the full-precision layer on the quantized stream).
 --search fits every group's (scale, min) by a clipping grid weighted by diag(H), as the
 converter does (without it the grid is plain min/max). --spread takes the calibration sequences
 at evenly spaced points of the calibration text (the converter's default) instead of from its
@@ -104,7 +114,47 @@ def grid_gptq(W1g, Ug, bits, shrink=(1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)):
     return sc[best, r], mn[best, r]
 
 
-def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128, refit=False, rounds=1, fixed=None, ingrid=False):
+def grid2s(Wb, imp, search):
+    """I2_STRUCTURED's parameters for a super-block of 128 columns (formats/SPEC.md): each
+    sub-group of 16 gets its 2-bit (scale, min) fit, then the scales become d * sc and the
+    mins -dmin * m with 4-bit sc, m and one d, dmin per super-block, as the converter stores
+    them. Returns the per-16 (scale, min) [R, 8] that the codes are chosen against."""
+    S, M = [], []
+    for j in range(0, Wb.shape[1], 16):
+        s, mn = grid(Wb[:, j : j + 16], 2, imp[j : j + 16], search)
+        S.append(s)
+        M.append(mn)
+    S, M = torch.cat(S, 1).double(), torch.cat(M, 1).double()
+    d = (S.max(1, keepdim=True).values / 15).clamp_min(1e-12)
+    dm = ((-M).max(1, keepdim=True).values / 15).clamp_min(1e-12)
+    sc = torch.round(S / d).clamp(1, 15)
+    m = torch.round(-M / dm).clamp(0, 15)
+    return d * sc, -dm * m
+
+
+class QLinear:
+    """A quantized weight kept as codes and per-group (scale, min), so that --tune can move the
+    continuous parameters with the codes fixed. tie: consecutive groups sharing one tunable
+    factor (8 for I2_STRUCTURED: d and dmin per super-block of 128; its 4-bit sc, m stay)."""
+
+    def __init__(self, codes, S, M, g, tie=1, R=None):
+        self.codes, self.S, self.M, self.g, self.tie, self.R = codes.float(), S.float(), M.float(), g, tie, R
+        G = S.shape[1] // tie
+        self.a = torch.zeros(S.shape[0], G, requires_grad=True)
+        self.b = torch.zeros(S.shape[0], G, requires_grad=True)
+
+    def weight(self):
+        fa = (1 + self.a).repeat_interleave(self.tie, 1).repeat_interleave(self.g, 1)
+        fb = (1 + self.b).repeat_interleave(self.tie, 1).repeat_interleave(self.g, 1)
+        S = self.S.repeat_interleave(self.g, 1)
+        M = self.M.repeat_interleave(self.g, 1)
+        W = self.codes * S * fa + M * fb
+        if self.R is not None:
+            W = W @ self.R.T.float()
+        return W
+
+
+def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128, refit=False, rounds=1, fixed=None, ingrid=False, two_s=False, ret=False):
     """Frantar et al.; the group grid is fitted on the error-compensated weights when the group
     starts (static groups from the original weights under act-order). refit: afterwards, with
     the codes fixed, every row's (scale, min) pairs are refitted jointly by least squares
@@ -127,6 +177,7 @@ def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128, refit=False
     Q = torch.zeros_like(W)
     codes = torch.zeros_like(W)
     s = mn = None
+    SS, MM = [], []
     for i1 in range(0, C, block):
         i2 = min(i1 + block, C)
         W1 = W[:, i1:i2].clone()
@@ -135,13 +186,24 @@ def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128, refit=False
             col = i1 + i
             if actorder:
                 s, mn = (t.double() for t in groups[perm[col].item() // g])
+            elif two_s and col % 16 == 0:
+                if col % 128 == 0:
+                    S2, M2 = grid2s(W1[:, i : i + 128].float(), imp[col : col + 128], search)
+                s, mn = S2[:, (col % 128) // 16 : (col % 128) // 16 + 1], M2[:, (col % 128) // 16 : (col % 128) // 16 + 1]
+                s = s.clamp_min(1e-12)
             elif col % g == 0 and fixed is not None:
                 s, mn = fixed[0][:, col // g : col // g + 1], fixed[1][:, col // g : col // g + 1]
                 s = torch.where(s.abs() < 1e-12, torch.full_like(s, 1e-12), s)
             elif col % g == 0 and ingrid:
                 s, mn = grid_gptq(W1[:, i : i + g], U[col : col + g, col : col + g], bits)
             elif col % g == 0:
-                s, mn = (t.double() for t in grid(W1[:, i : i + g].float(), bits, imp[col : col + g], search))
+                # a group wider than the rest of the block (per-channel) starts a block, where
+                # W is up to date
+                src = W1[:, i : i + g] if i + g <= i2 - i1 else W[:, col : col + g]
+                s, mn = (t.double() for t in grid(src.float(), bits, imp[col : col + g], search))
+            if col % g == 0:
+                SS.append(s)
+                MM.append(mn)
             w = W1[:, i : i + 1]
             q = fq(w, s, mn, bits)
             Q[:, col : col + 1] = q
@@ -152,6 +214,8 @@ def gptq(W, H, bits, g, search, damp=0.1, actorder=False, block=128, refit=False
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
     if actorder:
         Q = Q[:, torch.argsort(perm)]
+    if ret:
+        return Q.float(), codes, torch.cat(SS, 1), torch.cat(MM, 1)
     if refit and not actorder:
         Q, grids = refit_grid(W0, H, codes, Q, g)
         if rounds > 1:
@@ -209,12 +273,194 @@ def hadamard(n):
     return h / math.sqrt(n)
 
 
-def rotated(W, H, bits, g, search, blk):
+def rotated(W, H, bits, g, search, blk, damp=0.1, two_s=False, ret=False):
     C = W.shape[1]
     signs = (torch.randint(0, 2, (C,), generator=torch.Generator().manual_seed(1)) * 2 - 1).double()
     R = torch.block_diag(*[hadamard(blk)] * (C // blk)) * signs[:, None]
-    Q = gptq((W.double() @ R).float(), R.T @ H @ R, bits, g, search)
-    return (Q.double() @ R.T).float()
+    out = gptq((W.double() @ R).float(), R.T @ H @ R, bits, g, search, damp=damp, two_s=two_s, ret=ret)
+    if ret:
+        Q, codes, S, M = out
+        return (Q.double() @ R.T).float(), QLinear(codes, S, M, 16 if two_s else g, 8 if two_s else 1, R)
+    return (out.double() @ R.T).float()
+
+
+@torch.no_grad()
+def quantize_part(part, model, orig, linears, H, HN, HV, HF, HR, HS, hd, a, qlin):
+    """One part of an experiment, CLASSES:BITS:GROUP:METHOD[:FINE]: quantize the chosen linears
+    in place. BITS 2s is I2_STRUCTURED (GROUP ignored); GROUP 0 is one group per row."""
+    classes, bits, g, method, *fine = part.split(":")
+    fine = fine[0].split(",") if fine else []
+    chosen = CLASSES if classes == "all" else classes.split(",")
+    two_s = bits == "2s"
+    bits = 2 if two_s else int(bits)
+    g0 = int(g)
+    for n, p in model.named_parameters():
+        if n not in linears or not any(f".{c}." in n for c in chosen):
+            continue
+        W = orig[n]
+        g = 16 if any(f".{c}." in n for c in fine) else g0
+        if g == 0 or two_s:
+            g = W.shape[1] if g == 0 else 16
+        if method in ("gptq", "gptqv") or method.startswith("rot"):
+            # kept as codes + grid, so --tune can move the grid
+            if method.startswith("rot"):
+                Q, ql = rotated(W, H[n], bits, g, a.search, int(method[3:]), damp=a.damp, two_s=two_s, ret=True)
+            else:
+                hn = HV.get(n, HN.get(n)) if method == "gptqv" else None
+                hn = None if isinstance(hn, list) else hn
+                Q, codes, S, M = gptq(W, H[n] if hn is None else hn, bits, g, a.search, damp=a.damp, two_s=two_s, ret=True)
+                ql = QLinear(codes, S, M, g, 8 if two_s else 1)
+            qlin[n] = ql
+        elif method == "rtn":
+            Q = rtn(W, bits, g, a.search)
+        elif method in ("gptqn", "gptqo", "gptqk"):
+            # norm-aware Hessians where the output is normalized (q/k per head);
+            # gptqo: o/down only, gptqk: q/k only
+            hn = HN.get(n)
+            if (method == "gptqo" and isinstance(hn, list)) or (method == "gptqk" and not isinstance(hn, list)):
+                hn = None
+            if hn is None:
+                Q = gptq(W, H[n], bits, g, a.search, damp=a.damp)
+            elif isinstance(hn, list):
+                Q = torch.cat([gptq(W[h * hd : (h + 1) * hd], hn[h], bits, g, a.search, damp=a.damp) for h in range(len(hn))])
+            else:
+                Q = gptq(W, hn, bits, g, a.search, damp=a.damp)
+        elif method in ("gptqg", "gptqgo"):
+            # grid chosen by GPTQ's loss; gptqgo with gptqo's post-norm Hessians
+            hn = HN.get(n) if method == "gptqgo" else None
+            hn = None if isinstance(hn, list) else hn
+            Q = gptq(W, H[n] if hn is None else hn, bits, g, a.search, damp=a.damp, ingrid=True)
+        elif method == "gptqf":
+            # gptqv, and gate/up weighted through the GELU gating, down and its norm
+            hn = HF.get(n, HV.get(n, HN.get(n)))
+            hn = None if isinstance(hn, list) else hn
+            Q = gptq(W, H[n] if hn is None else hn, bits, g, a.search, damp=a.damp)
+        elif method == "gptqr":
+            Q = gptq(W, HR.get(n, H[n]), bits, g, a.search, damp=a.damp)
+        elif method == "gptqs":
+            Q = gptq(W, HS[n], bits, g, a.search, damp=a.damp)
+        elif method == "gptqls":
+            Q = gptq(W, H[n], bits, g, a.search, refit=True, damp=a.damp)
+        elif method.startswith("gptqls"):
+            Q = gptq(W, H[n], bits, g, a.search, refit=True, rounds=int(method[6:]), damp=a.damp)
+        elif method == "gptq_ao":
+            Q = gptq(W, H[n], bits, g, a.search, actorder=True, damp=a.damp)
+        else:
+            raise SystemExit(f"unknown method {method}")
+        p.copy_(Q)
+
+
+def tune(model, ref_model, qlin, seqs, a):
+    """Distillation with the codes fixed: every quantized linear's grid factors (QLinear.a/b)
+    and, with --tune-norms, the RMSNorm gains move to lower KL(P_ref || P_quant) on
+    calibration sequences (never the evaluation text). Adam, one sequence per step."""
+    from torch.func import functional_call
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    groups = [{"params": [t for q in qlin.values() for t in (q.a, q.b)], "lr": 0.0 if a.tune_norms_only else a.tune_lr}]
+    norms = [p for n, p in model.named_parameters() if "norm" in n]
+    if a.tune_norms:
+        for p in norms:
+            p.requires_grad_(True)
+        groups.append({"params": norms, "lr": a.tune_lr_norm})
+    opt = torch.optim.Adam(groups)
+    t0, run = time.time(), []
+    for step in range(a.tune):
+        ids = seqs[step % len(seqs)][None]
+        with torch.no_grad():
+            lt = torch.log_softmax(ref_model(ids).logits[0].float(), -1)
+        W = {n: q.weight() for n, q in qlin.items()}
+        lp = torch.log_softmax(functional_call(model, W, (ids,)).logits[0].float(), -1)
+        loss = (lt.exp() * (lt - lp)).sum(-1).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        run.append(loss.item())
+        if (step + 1) % 16 == 0 or step + 1 == a.tune:
+            print(f"  tune step {step + 1}/{a.tune}: calibration KL {sum(run) / len(run):.4f} [{time.time() - t0:.0f} s]", flush=True)
+            run = []
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for n, q in qlin.items():
+            params[n].copy_(q.weight())
+    for p in norms:
+        p.requires_grad_(False)
+
+
+def tune_blocks(model, ref_model, qlin, seqs, a):
+    """--tune-mode block: layer by layer, as the converter could (one layer's parameters and
+    activations at a time): the layer's grid factors (and norms) move to bring its output on
+    the quantized model's stream closer to the target, the full-precision model's stream
+    (--tune-target fp) or the full-precision layer on the same input (sym), in relative
+    squared error per token; then the stream advances through the tuned layer."""
+    from torch.func import functional_call
+
+    layers, ref_layers = model.model.layers, ref_model.model.layers
+    caps = [[None] * len(layers) for _ in seqs]
+    cur = [0]
+
+    def mk(li):
+        def h(_m, args, kwargs, out):
+            caps[cur[0]][li] = (args, dict(kwargs), out.detach())
+        return h
+
+    hooks = [ref_layers[li].register_forward_hook(mk(li), with_kwargs=True) for li in range(len(layers))]
+    with torch.no_grad():
+        for k, sq in enumerate(seqs):
+            cur[0] = k
+            ref_model(sq[None], use_cache=False)
+    for h in hooks:
+        h.remove()
+
+    def split(c):
+        args, kwargs, y = c
+        kw = dict(kwargs)
+        x = args[0] if args else kw.pop("hidden_states")
+        kw.pop("past_key_values", None)
+        return x, args[1:], kw, y
+
+    xq = [split(caps[k][0])[0] for k in range(len(seqs))]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    t0 = time.time()
+    for li in range(len(layers)):
+        pre = f"model.layers.{li}."
+        ql = {n[len(pre):]: q for n, q in qlin.items() if n.startswith(pre)}
+        groups = [{"params": [t for q in ql.values() for t in (q.a, q.b)], "lr": a.tune_lr}]
+        norms = [p for n, p in layers[li].named_parameters() if "norm" in n]
+        if a.tune_norms:
+            for p in norms:
+                p.requires_grad_(True)
+            groups.append({"params": norms, "lr": a.tune_lr_norm})
+        opt = torch.optim.Adam(groups)
+        first = last = 0.0
+        for step in range(a.tune):
+            k = step % len(seqs)
+            _, rest, kw, y = split(caps[k][li])
+            if a.tune_target == "sym":
+                with torch.no_grad():
+                    y = ref_layers[li](xq[k], *rest, **kw)
+            W = {n: q.weight() for n, q in ql.items()}
+            out = functional_call(layers[li], W, (xq[k], *rest), kw)
+            loss = (((out - y) ** 2).sum(-1) / (y ** 2).sum(-1)).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            if step < len(seqs):
+                first += loss.item() / min(len(seqs), a.tune)
+            if step >= a.tune - len(seqs):
+                last += loss.item() / min(len(seqs), a.tune)
+        for p in norms:
+            p.requires_grad_(False)
+        with torch.no_grad():
+            params = dict(layers[li].named_parameters())
+            for n, q in ql.items():
+                params[n].copy_(q.weight())
+            for k in range(len(seqs)):
+                _, rest, kw, _ = split(caps[k][li])
+                xq[k] = layers[li](xq[k], *rest, **kw)
+        print(f"  layer {li}: relative output error {first:.5f} -> {last:.5f} [{time.time() - t0:.0f} s]", flush=True)
 
 
 def main():
@@ -232,11 +478,21 @@ def main():
     ap.add_argument("--temp", action="store_true", help="also fit one logit scale on the calibration text")
     ap.add_argument("--kl", action="store_true", help="also score KL(P_ref || P_quant) and top-1 agreement against a second, full-precision copy of the model")
     ap.add_argument("--exp", action="append", required=True)
+    ap.add_argument("--tune", type=int, default=0, help="distillation steps after quantizing (codes fixed, grids and norms move; needs gptq/gptqv/rotN parts)")
+    ap.add_argument("--tune-lr", type=float, default=1e-3)
+    ap.add_argument("--tune-norms", action="store_true")
+    ap.add_argument("--tune-lr-norm", type=float, default=1e-3)
+    ap.add_argument("--tune-norms-only", action="store_true", help="e2e: move the norm gains only, not the grids")
+    ap.add_argument("--tune-seqs", type=int, default=64, help="calibration sequences for --tune, evenly spread")
+    ap.add_argument("--tune-len", type=int, default=256)
+    ap.add_argument("--tune-mode", choices=["e2e", "block"], default="e2e", help="e2e: distill the whole model's logits; block: layer by layer on each layer's output")
+    ap.add_argument("--tune-target", choices=["fp", "sym"], default="fp", help="block mode: the full-precision stream, or the full-precision layer on the quantized stream")
+    ap.add_argument("--tune-skip-before", action="store_true", help="do not score the untuned model first")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     tok = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="eager").eval()
-    ref_model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="eager").eval() if a.kl else None
+    ref_model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="eager").eval() if a.kl or a.tune else None
     bos = torch.tensor([tok.bos_token_id])
     eall = tok(open(a.eval).read(), return_tensors="pt").input_ids[0][1:]
     # windows of `window` tokens, each from <bos>, overlapping by nothing: window - 1 text tokens
@@ -250,6 +506,8 @@ def main():
     else:
         starts = [i * 511 for i in range(a.calib_seqs)]
     calib = [torch.cat([bos, cids[s : s + 511]]) for s in starts]
+    tl = a.tune_len - 1
+    tcalib = [torch.cat([bos, cids[round(k * (len(cids) - tl) / max(a.tune_seqs - 1, 1)) :][:tl]]) for k in range(a.tune_seqs)]
     orig = {n: p.detach().clone() for n, p in model.named_parameters()}
     linears = [n for n in orig if n.endswith("proj.weight")]
     mods = dict(model.named_modules())
@@ -360,66 +618,20 @@ def main():
     print(f"PPL_ref {p_ref:.3f} ({sum(len(w) - 1 for w in ewins)} tokens of {a.eval} in windows of {a.window}); calibration {a.calib_seqs} x 512 {'spread' if a.spread else 'from the start'}; Hessians in {time.time() - t0:.0f} s", flush=True)
 
     for exp in a.exp:
-        classes, bits, g, method, *fine = exp.split(":")
-        fine = fine[0].split(",") if fine else []
-        chosen = CLASSES if classes == "all" else classes.split(",")
-        bits, g0 = int(bits), int(g)
+        qlin = {}
         with torch.no_grad():
             for n, p in model.named_parameters():
                 p.copy_(orig[n])
-                if n not in linears or not any(f".{c}." in n for c in chosen):
-                    continue
-                W = orig[n]
-                g = 16 if any(f".{c}." in n for c in fine) else g0
-                if method == "rtn":
-                    Q = rtn(W, bits, g, a.search)
-                elif method == "gptq":
-                    Q = gptq(W, H[n], bits, g, a.search, damp=a.damp)
-                elif method in ("gptqn", "gptqo", "gptqk"):
-                    # norm-aware Hessians where the output is normalized (q/k per head);
-                    # gptqo: o/down only, gptqk: q/k only
-                    hn = HN.get(n)
-                    if (method == "gptqo" and isinstance(hn, list)) or (method == "gptqk" and not isinstance(hn, list)):
-                        hn = None
-                    if hn is None:
-                        Q = gptq(W, H[n], bits, g, a.search, damp=a.damp)
-                    elif isinstance(hn, list):
-                        Q = torch.cat([gptq(W[h * hd : (h + 1) * hd], hn[h], bits, g, a.search, damp=a.damp) for h in range(len(hn))])
-                    else:
-                        Q = gptq(W, hn, bits, g, a.search, damp=a.damp)
-                elif method in ("gptqg", "gptqgo"):
-                    # grid chosen by GPTQ's loss; gptqgo with gptqo's post-norm Hessians
-                    hn = HN.get(n) if method == "gptqgo" else None
-                    hn = None if isinstance(hn, list) else hn
-                    Q = gptq(W, H[n] if hn is None else hn, bits, g, a.search, damp=a.damp, ingrid=True)
-                elif method == "gptqv":
-                    # gptqo, and v_proj weighted by the attention it feeds
-                    hn = HV.get(n, HN.get(n))
-                    hn = None if isinstance(hn, list) else hn
-                    Q = gptq(W, H[n] if hn is None else hn, bits, g, a.search, damp=a.damp)
-                elif method == "gptqf":
-                    # gptqv, and gate/up weighted through the GELU gating, down and its norm
-                    hn = HF.get(n, HV.get(n, HN.get(n)))
-                    hn = None if isinstance(hn, list) else hn
-                    Q = gptq(W, H[n] if hn is None else hn, bits, g, a.search, damp=a.damp)
-                elif method == "gptqr":
-                    Q = gptq(W, HR.get(n, H[n]), bits, g, a.search, damp=a.damp)
-                elif method == "gptqs":
-                    Q = gptq(W, HS[n], bits, g, a.search, damp=a.damp)
-                elif method == "gptqls":
-                    Q = gptq(W, H[n], bits, g, a.search, refit=True, damp=a.damp)
-                elif method.startswith("gptqls"):
-                    Q = gptq(W, H[n], bits, g, a.search, refit=True, rounds=int(method[6:]), damp=a.damp)
-                elif method == "gptq_ao":
-                    Q = gptq(W, H[n], bits, g, a.search, actorder=True, damp=a.damp)
-                elif method.startswith("rot"):
-                    Q = rotated(W, H[n], bits, g, a.search, int(method[3:]))
-                else:
-                    raise SystemExit(f"unknown method {method}")
-                p.copy_(Q)
+        for part in exp.split("+"):
+            quantize_part(part, model, orig, linears, H, HN, HV, HF, HR, HS, hd, a, qlin)
+        extra = lambda: f", KL {stats['kl']:.4f}, top-1 {100 * stats['top1']:.2f} %" if ref_model is not None else ""
+        if a.tune:
+            if not a.tune_skip_before:
+                p = ppl()
+                print(f"{exp} before --tune: PPL {p:.3f}, retention (PPL ratio) {100 * p_ref / p:.2f} %{extra()} [{time.time() - t0:.0f} s]", flush=True)
+            (tune if a.tune_mode == "e2e" else tune_blocks)(model, ref_model, qlin, tcalib, a)
         p = ppl()
-        extra = f", KL {stats['kl']:.4f}, top-1 {100 * stats['top1']:.2f} %" if a.kl else ""
-        print(f"{exp}: PPL {p:.3f}, retention (PPL ratio) {100 * p_ref / p:.2f} %{extra} [{time.time() - t0:.0f} s]", flush=True)
+        print(f"{exp}: PPL {p:.3f}, retention (PPL ratio) {100 * p_ref / p:.2f} %{extra()} [{time.time() - t0:.0f} s]", flush=True)
         if a.temp:
             # One logit scale fitted on the calibration text (KL to the reference's), applied
             # to the evaluation text: is the quantized model's confidence off by a constant?
