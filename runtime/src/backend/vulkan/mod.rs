@@ -506,6 +506,26 @@ fn norm_shape(d: usize) -> Result<[u32; 2]> {
         .unwrap_or(default))
 }
 
+/// The L2 prefetch beside a decode row norm (add_rms_norm_f32.comp): (workgroups, KiB of each
+/// of the next fused matvec's first two weights). A norm is one workgroup, so on a discrete GPU
+/// the other SMs idle while it runs; one prefetching workgroup per SM reading 2 MiB of each
+/// weight moves those bytes into L2 before the matvec asks (H100, synthetic 27B optimal: decode
+/// 111.8 -> 113.4 tok/s, shaders/README.md "L2 prefetch beside the norms"). More bytes lengthen
+/// the norm by what the matvec saves. Off elsewhere: an iGPU's L2 is a few MB, and on a CPU
+/// (lavapipe) the reads are pure cost. `MIXQ_VK_PF` = "groups:kib" overrides (groups 0: off).
+fn default_norm_prefetch(info: &device::DeviceInfo) -> (u32, u64) {
+    let knob = env_knob(
+        "MIXQ_VK_PF",
+        |v| v.len() == 2 && v[0] <= 1024 && v[1] <= 1 << 20,
+        "groups:kib, groups 0-1024, kib 0-1048576",
+    );
+    match knob {
+        Some(v) => (v[0], v[1] as u64),
+        None if info.device_type == "discrete" => (info.multiprocessors.unwrap_or(64), 2048),
+        None => (0, 0),
+    }
+}
+
 /// The push constants matmul.comp and matmul_coop.comp share, in their order: the chunk's
 /// rows, cols, row stride, first row, the weight's rows, tokens, codes offset.
 fn tile_push(w: &VkWeight, c: &WeightChunk, n: usize) -> [u32; 7] {
@@ -533,7 +553,8 @@ impl VulkanBackend {
     pub fn new(device_index: Option<usize>) -> Result<Self> {
         let instance = Instance::new()?;
         let dev = Device::new(&instance, device_index)?;
-        let rec = Recorder::new(&dev)?;
+        let mut rec = Recorder::new(&dev)?;
+        rec.prefetch = default_norm_prefetch(&dev.info);
         let arena = Arena::new(&dev);
         let max_binding = (dev.limits.max_storage_buffer_range as u64)
             .min(memory::WEIGHT_BLOCK)
@@ -569,6 +590,18 @@ impl VulkanBackend {
             }),
             upload_path,
         })
+    }
+
+    /// The decode norms' L2 prefetch of the next matvec's weights: `groups` extra workgroups
+    /// reading the first `kib` KiB of each of its first two weights (0 groups: off). The
+    /// default depends on the device ([`default_norm_prefetch`]); results never depend on it.
+    pub fn set_norm_prefetch(&self, groups: u32, kib: u64) {
+        self.shared.rec.lock().unwrap().prefetch = (groups, kib);
+    }
+
+    /// Decode norms recorded with prefetching workgroups so far.
+    pub fn prefetching_norms(&self) -> u64 {
+        self.rec().prefetching_norms
     }
 
     /// Decode (n = 1) matvecs of integer weight formats on int8 activations: x quantized once
@@ -1011,6 +1044,13 @@ impl VulkanBackend {
 
     fn try_embed(&self, table: &VkWeight, ids: &[u32], scale: f32, out: &mut VkBuf) -> Result<()> {
         assert!(ids.len() * table.cols <= out.len, "embed output too small");
+        {
+            // a new step: the last one's fused matvecs tell this one's norms what comes next
+            let mut rec = self.rec();
+            if !rec.mv_log.is_empty() {
+                rec.mv_prev = std::mem::take(&mut rec.mv_log);
+            }
+        }
         for c in &table.chunks {
             // (row within the chunk, output row) of every id this chunk holds
             let pairs: Vec<u8> = ids
@@ -1426,6 +1466,8 @@ impl VulkanBackend {
             };
             let wb: Vec<vk::Buffer> = ws.iter().map(|w| w.chunks[0].buffer).collect();
             let ob: Vec<vk::Buffer> = outs.iter().map(|o| o.buffer()).collect();
+            rec.mv_log
+                .push([0, 1].map(|i| (wb[i], (ws[i].rows * ws[i].stride) as u64)));
             rec.dispatch_arrays(
                 self.dev(),
                 name,
@@ -1521,6 +1563,8 @@ impl VulkanBackend {
                 (name, vec![wg, per, unroll], u(inter.div_ceil(per as usize)))
             };
             let wb = [gate_w.chunks[0].buffer, up_w.chunks[0].buffer];
+            rec.mv_log
+                .push([gate_w, up_w].map(|w| (w.chunks[0].buffer, (w.rows * w.stride) as u64)));
             let push = [
                 u(inter),
                 u(gate_w.cols),
@@ -1690,11 +1734,16 @@ impl VulkanBackend {
         let (xq, block, signs) = q8.as_ref().map_or((y, 0, y), |(b, _, block, signs)| {
             (b.buffer(), *block, *signs)
         });
+        let pf = match wn {
+            Some(_) if rows == 1 => self.norm_prefetch(rec)?,
+            _ => None,
+        };
+        let (pf_groups, [(b0, n0), (b1, n1)], sink) = pf.unwrap_or((0, [(x, 0); 2], x));
         rec.dispatch_spec(
             self.dev(),
             "add_rms_norm_f32",
             &norm_shape(d)?,
-            &[x, y, wv, wn.unwrap_or(wv), xq, signs],
+            &[x, y, wv, wn.unwrap_or(wv), xq, signs, b0, b1, sink],
             &[
                 u(rows),
                 u(d),
@@ -1703,13 +1752,41 @@ impl VulkanBackend {
                 q8.is_some() as u32,
                 block,
                 f(1.0 / (block.max(1) as f32).sqrt()),
+                pf_groups,
+                n0,
+                n1,
+                0x9e37_79b9,
             ],
-            grid(u(rows)),
+            grid(u(rows) + pf_groups),
         )?;
         if let Some((buf, key, _, _)) = q8 {
             rec.remember_quantized(key, buf);
         }
         Ok(())
+    }
+
+    /// What a decode norm's extra workgroups prefetch: (workgroups, the next fused matvec's
+    /// first two weights as (buffer, 32-byte sectors), the sink), or None when off or unknown
+    /// (the first decode step, or a step that differs from the last).
+    #[allow(clippy::type_complexity)]
+    fn norm_prefetch(
+        &self,
+        rec: &mut Recorder,
+    ) -> Result<Option<(u32, [(vk::Buffer, u32); 2], vk::Buffer)>> {
+        let (groups, kib) = rec.prefetch;
+        let Some(next) = rec.mv_prev.get(rec.mv_log.len()).copied() else {
+            return Ok(None);
+        };
+        if groups == 0 || kib == 0 {
+            return Ok(None);
+        }
+        if rec.sink.is_none() {
+            rec.sink = Some(self.buffer_with(rec, &[0u8; 16])?);
+        }
+        let sink = rec.sink.as_ref().unwrap().buffer;
+        let sectors = next.map(|(b, bytes)| (b, (bytes.min(kib * 1024) / 32) as u32));
+        rec.prefetching_norms += 1;
+        Ok(Some((groups, sectors, sink)))
     }
 
     fn try_rope(&self, x: &mut VkBuf, n: usize, p: RopeParams) -> Result<()> {

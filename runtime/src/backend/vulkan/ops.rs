@@ -97,6 +97,20 @@ pub struct Recorder {
     /// One zeroed counter per head for attention_f32's fused merge (each dispatch leaves them
     /// zero again). Live as long as the recorder.
     pub attn_counters: Option<RawBuf>,
+    /// The fused decode matvecs (q/k/v, gate/up) of the current step in call order: their first
+    /// two weights' buffers and byte lengths. The row norm before the i-th of a step prefetches
+    /// entry i of the previous step's list into L2 (vulkan/mod.rs `norm_prefetch`); a step
+    /// begins at its embedding gather.
+    pub mv_log: Vec<[(vk::Buffer, u64); 2]>,
+    pub mv_prev: Vec<[(vk::Buffer, u64); 2]>,
+    /// The L2 prefetch beside decode norms: (workgroups, KiB of each of the next fused
+    /// matvec's first two weights); (0, _) is off. vulkan/mod.rs `default_norm_prefetch`.
+    pub prefetch: (u32, u64),
+    /// Norm dispatches recorded with prefetching workgroups so far.
+    pub prefetching_norms: u64,
+    /// The word the prefetching workgroups may store to (never in practice). Live as long as
+    /// the recorder.
+    pub sink: Option<RawBuf>,
     /// The next command needs no barrier before it ([`Self::concurrent`]).
     no_barrier: bool,
     /// A copy or update was recorded since the last barrier (or the buffer continues earlier
@@ -249,6 +263,11 @@ impl Recorder {
                 pending_norm: None,
                 pending_qk: None,
                 attn_counters: None,
+                mv_log: Vec::new(),
+                mv_prev: Vec::new(),
+                prefetch: (0, 0),
+                prefetching_norms: 0,
+                sink: None,
                 no_barrier: false,
                 transfer_since_barrier: true,
                 all_stages: std::env::var("MIXQ_VK_BARRIER").is_ok_and(|v| v == "all"),
@@ -715,6 +734,9 @@ impl Recorder {
             b.destroy(dev);
         }
         if let Some(b) = self.attn_counters.take() {
+            b.destroy(dev);
+        }
+        if let Some(b) = self.sink.take() {
             b.destroy(dev);
         }
         if let Some(b) = self.readback.take() {
