@@ -8,10 +8,7 @@
 // row with the row in registers (rownorm.glsl); with q8 (decode, has_next, d % 32 == 0) the
 // new y is also written in int8 form, optionally Hadamard-rotated, for the FFN's gate/up.
 // Decode runs one such workgroup on a GPU of a hundred SMs, so workgroups past `rows` (pf_groups
-// of them) meanwhile read the first pf_n0 / pf_n1 32-byte sectors of the next matvec's two
-// weights (pf0, pf1) into L2: that matvec then starts on cached bytes instead of paying its
-// ramp from DRAM. The reads are folded into a value stored to `sink` only if it equals
-// `never`, so the compiler keeps them and no real buffer is ever written.
+// of them) meanwhile prefetch the next matvec's weights into L2 (prefetch.glsl).
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
@@ -43,26 +40,10 @@ layout(set = 0, binding = 4) writeonly buffer XQ { uint xq[]; };
 layout(set = 0, binding = 5) readonly buffer S { float signs[]; };
 layout(set = 0, binding = 5) readonly buffer S4 { vec4 signs4[]; };
 
-// Unused (bound to X) without prefetch workgroups.
-layout(set = 0, binding = 6) readonly buffer P0 { uvec4 pf0[]; };
-layout(set = 0, binding = 7) readonly buffer P1 { uvec4 pf1[]; };
-layout(set = 0, binding = 8) buffer Sink { uint sink[]; };
-
 #include "rownorm.glsl"
-
-void prefetch(uint k) {
-    uint stride = p.pf_groups * gl_WorkGroupSize.x;
-    uint fold = 0u;
-    for (uint i = k * gl_WorkGroupSize.x + gl_LocalInvocationID.x; i < max(p.pf_n0, p.pf_n1);
-         i += stride) {
-        // one word per 32-byte sector brings the whole sector into L2
-        if (i < p.pf_n0) fold ^= pf0[2u * i].x;
-        if (i < p.pf_n1) fold += pf1[2u * i].x;
-    }
-    if (fold == p.never) {
-        sink[0] = fold;
-    }
-}
+// Unused (bound to X) without prefetch workgroups.
+#define PF_BINDING 6
+#include "prefetch.glsl"
 
 void main() {
     uint row = group_index();

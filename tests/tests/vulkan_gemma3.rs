@@ -16,7 +16,7 @@
 //! Prefill runs on the portable f32 matmul even on GPUs with the tensor-core one (f16 products:
 //! outside LOGIT_TOL by design); vulkan_ops.rs `matmul_coop_prefill` checks that kernel.
 
-use mixq_e2e::model_dir;
+use mixq_e2e::{model_dir, quantized_store};
 use mixq_format::tokenizer::Tokenizer;
 use mixq_runtime::backend::cpu::{top_k, CpuBackend};
 use mixq_runtime::backend::vulkan::VulkanBackend;
@@ -128,47 +128,52 @@ fn gemma3_270m_vulkan_matches_cpu() {
     }
 }
 
-/// The decode norms' L2 prefetch (on by default on discrete GPUs only) reads the next matvec's
-/// weights and stores nothing: decode logits with it on must equal those with it off, bit for
-/// bit, on whatever device runs the tests (lavapipe in CI, where it is off by default).
+/// The L2 prefetch of the decode norms (on by default on discrete GPUs only) reads
+/// the next matvec's weights and stores nothing: decode logits with it on must equal those with
+/// it off, bit for bit, on whatever device runs the tests (lavapipe in CI, where it is off by
+/// default), with f32 activations (the bf16 checkpoint) and int8 ones (the int4 store, whose
+/// norms also write the int8 input).
 #[test]
-fn norm_prefetch_leaves_decode_logits_bit_identical() {
-    let store = open_store(&model_dir()).unwrap();
-    let tok = Tokenizer::from_bytes(&store.tokenizer_json().unwrap()).unwrap();
-    let vk = VulkanBackend::new(None).expect("a Vulkan device (`make setup` installs lavapipe)");
-    let gv = Gemma3::load(store.as_ref(), vk).unwrap();
+fn prefetch_leaves_decode_logits_bit_identical() {
+    let bf16 = open_store(&model_dir()).unwrap();
+    let tok = Tokenizer::from_bytes(&bf16.tokenizer_json().unwrap()).unwrap();
     let ids = tok.encode("The capital of France is", true).unwrap();
-    let run = |prefetch: (u32, u64)| {
-        gv.backend.set_norm_prefetch(prefetch.0, prefetch.1);
-        let mut s = gv.new_session();
-        let mut l = gv.forward(&mut s, &ids, Logits::Last, |_, _| {}).unwrap();
-        let mut steps = Vec::new();
-        // From the second decode step on, each norm knows the next matvec (the previous
-        // step's order), so four steps exercise the prefetch three times.
-        for _ in 0..4 {
-            let next = top_k(&l, 1)[0].0;
-            l = gv
-                .forward(&mut s, &[next], Logits::Last, |_, _| {})
-                .unwrap();
-            steps.push(l.iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
-        }
-        steps
-    };
-    let off = run((0, 0));
-    assert_eq!(gv.backend.prefetching_norms(), 0, "prefetch off");
-    let on = run((8, 64));
-    // Per step, each layer's mid-layer norm and (but for the last layer) its end norm fused
-    // with the next pre-norm; in all 4 steps, the first following the order of the last step
-    // of the run before (the same model).
-    assert_eq!(
-        gv.backend.prefetching_norms(),
-        4 * (18 + 17),
-        "norms that prefetched"
-    );
-    for (step, (a, b)) in off.iter().zip(&on).enumerate() {
-        assert!(
-            a == b,
-            "decode step {step}: logits differ with the prefetch on"
+    // Per step: each layer's mid-layer norm and (but for the last layer) its end norm fused
+    // with the next pre-norm.
+    for store in [bf16, quantized_store()] {
+        let per_step = 18 + 17;
+        let vk =
+            VulkanBackend::new(None).expect("a Vulkan device (`make setup` installs lavapipe)");
+        let gv = Gemma3::load(store.as_ref(), vk).unwrap();
+        let run = |prefetch: (u32, u64)| {
+            gv.backend.set_prefetch(prefetch.0, prefetch.1);
+            let mut s = gv.new_session();
+            let mut l = gv.forward(&mut s, &ids, Logits::Last, |_, _| {}).unwrap();
+            let mut steps = Vec::new();
+            for _ in 0..4 {
+                let next = top_k(&l, 1)[0].0;
+                l = gv
+                    .forward(&mut s, &[next], Logits::Last, |_, _| {})
+                    .unwrap();
+                steps.push(l.iter().map(|v| v.to_bits()).collect::<Vec<u32>>());
+            }
+            steps
+        };
+        let off = run((0, 0));
+        assert_eq!(gv.backend.prefetching_dispatches(), 0, "prefetch off");
+        let on = run((8, 64));
+        // Every step knows what follows each command from the step before it (the first from
+        // the last step of the run with it off: the same model).
+        assert_eq!(
+            gv.backend.prefetching_dispatches(),
+            4 * per_step,
+            "commands that prefetched"
         );
+        for (step, (a, b)) in off.iter().zip(&on).enumerate() {
+            assert!(
+                a == b,
+                "decode step {step}: logits differ with the prefetch on"
+            );
+        }
     }
 }

@@ -506,14 +506,17 @@ fn norm_shape(d: usize) -> Result<[u32; 2]> {
         .unwrap_or(default))
 }
 
+/// What prefetch.glsl compares its folded reads with before storing to the sink: any constant.
+const PF_NEVER: u32 = 0x9e37_79b9;
+
 /// The L2 prefetch beside a decode row norm (add_rms_norm_f32.comp): (workgroups, KiB of each
-/// of the next fused matvec's first two weights). A norm is one workgroup, so on a discrete GPU
+/// of the next matvec's first two weights). A norm is one workgroup, so on a discrete GPU
 /// the other SMs idle while it runs; one prefetching workgroup per SM reading 2 MiB of each
 /// weight moves those bytes into L2 before the matvec asks (H100, synthetic 27B optimal: decode
 /// 111.8 -> 113.4 tok/s, shaders/README.md "L2 prefetch beside the norms"). More bytes lengthen
 /// the norm by what the matvec saves. Off elsewhere: an iGPU's L2 is a few MB, and on a CPU
 /// (lavapipe) the reads are pure cost. `MIXQ_VK_PF` = "groups:kib" overrides (groups 0: off).
-fn default_norm_prefetch(info: &device::DeviceInfo) -> (u32, u64) {
+fn default_prefetch(info: &device::DeviceInfo) -> (u32, u64) {
     let knob = env_knob(
         "MIXQ_VK_PF",
         |v| v.len() == 2 && v[0] <= 1024 && v[1] <= 1 << 20,
@@ -554,7 +557,7 @@ impl VulkanBackend {
         let instance = Instance::new()?;
         let dev = Device::new(&instance, device_index)?;
         let mut rec = Recorder::new(&dev)?;
-        rec.prefetch = default_norm_prefetch(&dev.info);
+        rec.prefetch = default_prefetch(&dev.info);
         let arena = Arena::new(&dev);
         let max_binding = (dev.limits.max_storage_buffer_range as u64)
             .min(memory::WEIGHT_BLOCK)
@@ -594,14 +597,14 @@ impl VulkanBackend {
 
     /// The decode norms' L2 prefetch of the next matvec's weights: `groups` extra workgroups
     /// reading the first `kib` KiB of each of its first two weights (0 groups: off). The
-    /// default depends on the device ([`default_norm_prefetch`]); results never depend on it.
-    pub fn set_norm_prefetch(&self, groups: u32, kib: u64) {
+    /// default depends on the device ([`default_prefetch`]); results never depend on it.
+    pub fn set_prefetch(&self, groups: u32, kib: u64) {
         self.shared.rec.lock().unwrap().prefetch = (groups, kib);
     }
 
     /// Decode norms recorded with prefetching workgroups so far.
-    pub fn prefetching_norms(&self) -> u64 {
-        self.rec().prefetching_norms
+    pub fn prefetching_dispatches(&self) -> u64 {
+        self.rec().prefetching_dispatches
     }
 
     /// Decode (n = 1) matvecs of integer weight formats on int8 activations: x quantized once
@@ -1045,11 +1048,14 @@ impl VulkanBackend {
     fn try_embed(&self, table: &VkWeight, ids: &[u32], scale: f32, out: &mut VkBuf) -> Result<()> {
         assert!(ids.len() * table.cols <= out.len, "embed output too small");
         {
-            // a new step: the last one's fused matvecs tell this one's norms what comes next
+            // A new step: the last decode step's matvecs tell this one's norms what comes next.
+            // A prefill's log (its last position's lm_head) is no step's order: dropped.
             let mut rec = self.rec();
-            if !rec.mv_log.is_empty() {
+            if rec.mv_log_decode && !rec.mv_log.is_empty() {
                 rec.mv_prev = std::mem::take(&mut rec.mv_log);
             }
+            rec.mv_log.clear();
+            rec.mv_log_decode = ids.len() == 1;
         }
         for c in &table.chunks {
             // (row within the chunk, output row) of every id this chunk holds
@@ -1217,6 +1223,14 @@ impl VulkanBackend {
         let mut xb = rotated.unwrap_or(x.buffer());
         if q8 {
             xb = self.q8_input(&mut rec, x, w.rotation.as_ref(), w.cols)?;
+        }
+        if n == 1 {
+            let part = |i: usize| {
+                w.chunks.get(i).map_or((w.chunks[0].buffer, 0), |c| {
+                    (c.buffer, (c.rows * w.stride) as u64)
+                })
+            };
+            rec.mv_log.push([part(0), part(1)]);
         }
         for (i, c) in w.chunks.iter().enumerate() {
             if i > 0 {
@@ -1735,7 +1749,7 @@ impl VulkanBackend {
             (b.buffer(), *block, *signs)
         });
         let pf = match wn {
-            Some(_) if rows == 1 => self.norm_prefetch(rec)?,
+            Some(_) if rows == 1 => self.prefetch_next(rec)?,
             _ => None,
         };
         let (pf_groups, [(b0, n0), (b1, n1)], sink) = pf.unwrap_or((0, [(x, 0); 2], x));
@@ -1755,7 +1769,7 @@ impl VulkanBackend {
                 pf_groups,
                 n0,
                 n1,
-                0x9e37_79b9,
+                PF_NEVER,
             ],
             grid(u(rows) + pf_groups),
         )?;
@@ -1765,11 +1779,11 @@ impl VulkanBackend {
         Ok(())
     }
 
-    /// What a decode norm's extra workgroups prefetch: (workgroups, the next fused matvec's
-    /// first two weights as (buffer, 32-byte sectors), the sink), or None when off or unknown
-    /// (the first decode step, or a step that differs from the last).
+    /// What the extra workgroups of a decode norm prefetch (shaders/prefetch.glsl): (workgroups, the next matvec's first two weights or
+    /// binding chunks as (buffer, 32-byte sectors), the sink), or None when off or unknown (the
+    /// first decode step).
     #[allow(clippy::type_complexity)]
-    fn norm_prefetch(
+    fn prefetch_next(
         &self,
         rec: &mut Recorder,
     ) -> Result<Option<(u32, [(vk::Buffer, u32); 2], vk::Buffer)>> {
@@ -1785,7 +1799,7 @@ impl VulkanBackend {
         }
         let sink = rec.sink.as_ref().unwrap().buffer;
         let sectors = next.map(|(b, bytes)| (b, (bytes.min(kib * 1024) / 32) as u32));
-        rec.prefetching_norms += 1;
+        rec.prefetching_dispatches += 1;
         Ok(Some((groups, sectors, sink)))
     }
 

@@ -97,17 +97,19 @@ pub struct Recorder {
     /// One zeroed counter per head for attention_f32's fused merge (each dispatch leaves them
     /// zero again). Live as long as the recorder.
     pub attn_counters: Option<RawBuf>,
-    /// The fused decode matvecs (q/k/v, gate/up) of the current step in call order: their first
-    /// two weights' buffers and byte lengths. The row norm before the i-th of a step prefetches
-    /// entry i of the previous step's list into L2 (vulkan/mod.rs `norm_prefetch`); a step
-    /// begins at its embedding gather.
+    /// The decode matvecs of the current step in call order: their first two weights' (fused
+    /// q/k/v, gate/up) or binding chunks' buffers and byte lengths. A norm recorded before the
+    /// i-th of a step prefetches entry i of the previous step's list into L2
+    /// (vulkan/mod.rs `prefetch_next`); a step begins at its embedding gather.
     pub mv_log: Vec<[(vk::Buffer, u64); 2]>,
     pub mv_prev: Vec<[(vk::Buffer, u64); 2]>,
+    /// The step being logged is a decode step (one token).
+    pub mv_log_decode: bool,
     /// The L2 prefetch beside decode norms: (workgroups, KiB of each of the next fused
     /// matvec's first two weights); (0, _) is off. vulkan/mod.rs `default_norm_prefetch`.
     pub prefetch: (u32, u64),
-    /// Norm dispatches recorded with prefetching workgroups so far.
-    pub prefetching_norms: u64,
+    /// Dispatches recorded with prefetching workgroups so far.
+    pub prefetching_dispatches: u64,
     /// The word the prefetching workgroups may store to (never in practice). Live as long as
     /// the recorder.
     pub sink: Option<RawBuf>,
@@ -265,8 +267,9 @@ impl Recorder {
                 attn_counters: None,
                 mv_log: Vec::new(),
                 mv_prev: Vec::new(),
+                mv_log_decode: false,
                 prefetch: (0, 0),
-                prefetching_norms: 0,
+                prefetching_dispatches: 0,
                 sink: None,
                 no_barrier: false,
                 transfer_since_barrier: true,
