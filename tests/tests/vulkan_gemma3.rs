@@ -160,12 +160,12 @@ fn prefetch_leaves_decode_logits_bit_identical() {
             steps
         };
         let off = run((0, 0));
-        assert_eq!(gv.backend.prefetching_dispatches(), 0, "prefetch off");
+        assert_eq!(gv.backend.prefetching_norms(), 0, "prefetch off");
         let on = run((8, 64));
         // Every step knows what follows each command from the step before it (the first from
         // the last step of the run with it off: the same model).
         assert_eq!(
-            gv.backend.prefetching_dispatches(),
+            gv.backend.prefetching_norms(),
             4 * per_step,
             "commands that prefetched"
         );

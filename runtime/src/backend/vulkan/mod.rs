@@ -603,8 +603,8 @@ impl VulkanBackend {
     }
 
     /// Decode norms recorded with prefetching workgroups so far.
-    pub fn prefetching_dispatches(&self) -> u64 {
-        self.rec().prefetching_dispatches
+    pub fn prefetching_norms(&self) -> u64 {
+        self.rec().prefetching_norms
     }
 
     /// Decode (n = 1) matvecs of integer weight formats on int8 activations: x quantized once
@@ -1779,9 +1779,9 @@ impl VulkanBackend {
         Ok(())
     }
 
-    /// What the extra workgroups of a decode norm prefetch (shaders/prefetch.glsl): (workgroups, the next matvec's first two weights or
-    /// binding chunks as (buffer, 32-byte sectors), the sink), or None when off or unknown (the
-    /// first decode step).
+    /// What the extra workgroups of a decode norm prefetch (shaders/prefetch.glsl): (workgroups,
+    /// the next matvec's first two weights or binding chunks as (buffer, 32-byte sectors), the
+    /// sink), or None when off or unknown (the first decode step this backend runs).
     #[allow(clippy::type_complexity)]
     fn prefetch_next(
         &self,
@@ -1799,7 +1799,7 @@ impl VulkanBackend {
         }
         let sink = rec.sink.as_ref().unwrap().buffer;
         let sectors = next.map(|(b, bytes)| (b, (bytes.min(kib * 1024) / 32) as u32));
-        rec.prefetching_dispatches += 1;
+        rec.prefetching_norms += 1;
         Ok(Some((groups, sectors, sink)))
     }
 

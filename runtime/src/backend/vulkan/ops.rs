@@ -105,11 +105,11 @@ pub struct Recorder {
     pub mv_prev: Vec<[(vk::Buffer, u64); 2]>,
     /// The step being logged is a decode step (one token).
     pub mv_log_decode: bool,
-    /// The L2 prefetch beside decode norms: (workgroups, KiB of each of the next fused
-    /// matvec's first two weights); (0, _) is off. vulkan/mod.rs `default_norm_prefetch`.
+    /// The L2 prefetch beside decode norms: (workgroups, KiB of each of the next matvec's
+    /// first two weights); (0, _) is off. vulkan/mod.rs `default_prefetch`.
     pub prefetch: (u32, u64),
-    /// Dispatches recorded with prefetching workgroups so far.
-    pub prefetching_dispatches: u64,
+    /// Norms recorded with prefetching workgroups so far.
+    pub prefetching_norms: u64,
     /// The word the prefetching workgroups may store to (never in practice). Live as long as
     /// the recorder.
     pub sink: Option<RawBuf>,
@@ -269,7 +269,7 @@ impl Recorder {
                 mv_prev: Vec::new(),
                 mv_log_decode: false,
                 prefetch: (0, 0),
-                prefetching_dispatches: 0,
+                prefetching_norms: 0,
                 sink: None,
                 no_barrier: false,
                 transfer_since_barrier: true,
