@@ -175,6 +175,7 @@ fn bench_matmul_prefill() {
         QType::I8Asym,
         QType::I4Grouped,
         QType::I4Grouped32,
+        QType::I4Grouped16,
         QType::I4PerChannel,
         QType::I2Structured,
     ] {

@@ -330,6 +330,9 @@ unsafe fn isums<const T: usize>(w: *const u8, steps: usize, x: [*const u8; T]) -
 unsafe fn block_affine<const T: usize>(tile: &Tile, a: &QAct, t0: usize) -> [__m512; T] {
     let (cols, blk, grp) = (tile.cols, tile.blk, tile.grp);
     let (groups, blocks, per) = (cols / grp, cols / blk, blk / grp);
+    if per == 2 {
+        return block_pairs::<T>(tile, a, t0);
+    }
     let xq = a.q.as_ptr() as *const u8;
     let mut facc = [_mm512_setzero_ps(); T];
     for g in 0..groups {
@@ -349,6 +352,42 @@ unsafe fn block_affine<const T: usize>(tile: &Tile, a: &QAct, t0: usize) -> [__m
             let y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[t]), s);
             facc[t] = _mm512_fmadd_ps(y, _mm512_set1_ps(d), facc[t]);
             facc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(ds), facc[t]);
+        }
+    }
+    facc
+}
+
+/// [`block_affine`] for groups of 16 (I4_GROUPED16), two per activation block of 32: both
+/// groups' terms share the block's `d`, so they are summed first, `d (S0 s0 + S1 s1 + M0 q0 +
+/// M1 q1)` with `q` the codes' sums per 16, and `d` is applied once per block instead of the
+/// scale and min once per group (7 vector ops per 16 rows x 32 elements instead of 8, and 3
+/// broadcasts instead of 4).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn block_pairs<const T: usize>(tile: &Tile, a: &QAct, t0: usize) -> [__m512; T] {
+    let (cols, blk) = (tile.cols, tile.blk);
+    let blocks = cols / blk;
+    let xq = a.q.as_ptr() as *const u8;
+    let mut facc = [_mm512_setzero_ps(); T];
+    for b in 0..blocks {
+        let x: [*const u8; T] = std::array::from_fn(|t| xq.add((t0 + t) * cols + b * blk));
+        let codes = tile.codes.as_ptr().add(b * blk * TILE);
+        let acc0 = isums::<T>(codes, 4, x);
+        let acc1 = isums::<T>(codes.add(16 * TILE), 4, x.map(|p| p.add(16)));
+        let sm = tile.sm.as_ptr().add(2 * b * 2 * TILE);
+        let (s0, m0) = (_mm512_loadu_ps(sm), _mm512_loadu_ps(sm.add(TILE)));
+        let (s1, m1) = (
+            _mm512_loadu_ps(sm.add(2 * TILE)),
+            _mm512_loadu_ps(sm.add(3 * TILE)),
+        );
+        for t in 0..T {
+            let d = *a.d.get_unchecked((t0 + t) * blocks + b);
+            let q = a.s16.as_ptr().add((t0 + t) * cols / 16 + 2 * b);
+            let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc0[t]), s0);
+            y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1[t]), s1, y);
+            y = _mm512_fmadd_ps(m0, _mm512_set1_ps(*q as f32), y);
+            y = _mm512_fmadd_ps(m1, _mm512_set1_ps(*q.add(1) as f32), y);
+            facc[t] = _mm512_fmadd_ps(y, _mm512_set1_ps(d), facc[t]);
         }
     }
     facc
