@@ -1,5 +1,6 @@
-// L2 prefetch from the spare workgroups of a latency-bound decode kernel (the row norms): while the kernel's own few workgroups run, the GPU's
-// other SMs read the first pf_n0 / pf_n1 32-byte sectors of the next matvec's two weights
+// L2 prefetch from the spare workgroups of a latency-bound decode kernel (the row norms): while
+// the kernel's own few workgroups run, the GPU's other SMs read the first pf_n0 / pf_n1 32-byte
+// sectors of the next matvec's two weights
 // (pf0, pf1), so that matvec starts on bytes already in L2 instead of paying its ramp from
 // DRAM (shaders/README.md, "L2 prefetch beside the norms"). The reads are folded into a value
 // stored to `sink` only if it equals the push constant `never`, so the compiler keeps them and

@@ -134,6 +134,16 @@ pub struct VkWeight {
     rotation: Option<Rotation>,
 }
 
+impl VkWeight {
+    /// Binding chunk `i`'s buffer and bytes, for the norms' L2 prefetch ([`Recorder::mv_log`]);
+    /// no bytes of chunk 0's buffer when there is no chunk `i`.
+    fn chunk_bytes(&self, i: usize) -> (vk::Buffer, u64) {
+        self.chunks.get(i).map_or((self.chunks[0].buffer, 0), |c| {
+            (c.buffer, (c.rows * self.stride) as u64)
+        })
+    }
+}
+
 /// The block Hadamard rotation a weight's input undergoes (formats/src/quant/hadamard.rs).
 pub struct Rotation {
     block: usize,
@@ -1225,12 +1235,7 @@ impl VulkanBackend {
             xb = self.q8_input(&mut rec, x, w.rotation.as_ref(), w.cols)?;
         }
         if n == 1 {
-            let part = |i: usize| {
-                w.chunks.get(i).map_or((w.chunks[0].buffer, 0), |c| {
-                    (c.buffer, (c.rows * w.stride) as u64)
-                })
-            };
-            rec.mv_log.push([part(0), part(1)]);
+            rec.mv_log.push([w.chunk_bytes(0), w.chunk_bytes(1)]);
         }
         for (i, c) in w.chunks.iter().enumerate() {
             if i > 0 {
@@ -1481,7 +1486,7 @@ impl VulkanBackend {
             let wb: Vec<vk::Buffer> = ws.iter().map(|w| w.chunks[0].buffer).collect();
             let ob: Vec<vk::Buffer> = outs.iter().map(|o| o.buffer()).collect();
             rec.mv_log
-                .push([0, 1].map(|i| (wb[i], (ws[i].rows * ws[i].stride) as u64)));
+                .push([ws[0].chunk_bytes(0), ws[1].chunk_bytes(0)]);
             rec.dispatch_arrays(
                 self.dev(),
                 name,
@@ -1578,7 +1583,7 @@ impl VulkanBackend {
             };
             let wb = [gate_w.chunks[0].buffer, up_w.chunks[0].buffer];
             rec.mv_log
-                .push([gate_w, up_w].map(|w| (w.chunks[0].buffer, (w.rows * w.stride) as u64)));
+                .push([gate_w.chunk_bytes(0), up_w.chunk_bytes(0)]);
             let push = [
                 u(inter),
                 u(gate_w.cols),

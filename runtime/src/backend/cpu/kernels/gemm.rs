@@ -329,26 +329,22 @@ unsafe fn isums<const T: usize>(w: *const u8, steps: usize, x: [*const u8; T]) -
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn block_affine<const T: usize>(tile: &Tile, a: &QAct, t0: usize) -> [__m512; T] {
     let (cols, blk, grp) = (tile.cols, tile.blk, tile.grp);
-    let (groups, blocks, per) = (cols / grp, cols / blk, blk / grp);
-    if per == 2 {
+    let (groups, blocks) = (cols / grp, cols / blk);
+    if grp != blk {
+        // groups of 16, two per activation block
         return block_pairs::<T>(tile, a, t0);
     }
     let xq = a.q.as_ptr() as *const u8;
     let mut facc = [_mm512_setzero_ps(); T];
+    // one (S, M) per activation block from here on
     for g in 0..groups {
         let x: [*const u8; T] = std::array::from_fn(|t| xq.add((t0 + t) * cols + g * grp));
         let acc = isums::<T>(tile.codes.as_ptr().add(g * grp * TILE), grp / 4, x);
         let sm = tile.sm.as_ptr().add(g * 2 * TILE);
         let (s, m) = (_mm512_loadu_ps(sm), _mm512_loadu_ps(sm.add(TILE)));
         for t in 0..T {
-            let b = (t0 + t) * blocks + g / per;
-            let d = *a.d.get_unchecked(b);
-            // the group's activation sum: the block's, or (groups of 16) d times its codes' sum
-            let ds = if per == 1 {
-                *a.dsum.get_unchecked(b)
-            } else {
-                d * *a.s16.get_unchecked((t0 + t) * cols / 16 + g) as f32
-            };
+            let b = (t0 + t) * blocks + g;
+            let (d, ds) = (*a.d.get_unchecked(b), *a.dsum.get_unchecked(b));
             let y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[t]), s);
             facc[t] = _mm512_fmadd_ps(y, _mm512_set1_ps(d), facc[t]);
             facc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(ds), facc[t]);
