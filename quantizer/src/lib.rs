@@ -7,6 +7,7 @@
 //! - [`inspect`]: `inspect` and `verify` of .mixq files; [`synth`]: random-weight files of any shape.
 
 pub mod convert;
+pub mod distill;
 pub mod equalize;
 pub mod eval;
 pub mod gptq;

@@ -593,6 +593,31 @@ fn writer_misuse() {
     assert!(!out.exists() && !dir.path().join("w.mixq.tmp").exists());
 }
 
+/// A tensor rewritten after its section's checksum ran ahead still verifies, and reads back
+/// as the new bytes; rewriting needs a first write of the planned length.
+#[test]
+fn rewritten_tensors_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs = tiny_specs();
+    let p = plan(&specs, &DeviceProfile::gpu()).unwrap();
+    let out = dir.path().join("r.mixq");
+    let mut w = MixqWriter::create(&out, p, meta()).unwrap();
+    assert!(w
+        .rewrite_tensor(&specs[0].name, &tensor_bytes(&specs[0]))
+        .is_err());
+    for s in &specs {
+        w.write_tensor(&s.name, &tensor_bytes(s)).unwrap();
+    }
+    let new = pattern_bytes(&specs[0]);
+    assert!(w.rewrite_tensor(&specs[0].name, &new[1..]).is_err());
+    w.rewrite_tensor(&specs[0].name, &new).unwrap();
+    w.add_blob(BLOB_TOKENIZER, br#"{"model": "tiny"}"#).unwrap();
+    let path = w.finish().unwrap();
+    let f = MixqFile::open(&path).unwrap();
+    f.verify().unwrap();
+    assert_eq!(f.tensor(&specs[0].name).unwrap().bytes, &new[..]);
+}
+
 #[test]
 fn spills_are_recorded_in_the_index() {
     let specs = tiny_specs();

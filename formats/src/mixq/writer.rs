@@ -160,6 +160,34 @@ impl MixqWriter {
         Ok(())
     }
 
+    /// Replaces the bytes of a tensor already written (a later phase of the converter tuned
+    /// it); its section's checksum is then recomputed from the file in [`MixqWriter::finish`].
+    pub fn rewrite_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let (i, s, written) = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| werr(format!("tensor `{name}` is not in the plan")))?;
+        if !*written {
+            return Err(werr(format!(
+                "tensor `{name}` rewritten before it was written"
+            )));
+        }
+        let pl = &self.plan.tensors[*i].1;
+        if bytes.len() as u64 != pl.length {
+            return Err(werr(format!(
+                "tensor `{name}`: {} bytes given, {} planned",
+                bytes.len(),
+                pl.length
+            )));
+        }
+        let sec = &mut self.sections[*s];
+        self.file
+            .write_all_at(bytes, sec.entry.offset + pl.offset)
+            .map_err(|e| MixqError::io(&self.tmp_path, e))?;
+        sec.reread = true;
+        Ok(())
+    }
+
     /// Appends a blob (tokenizer.json, calibration summary, quality report, ...) as its own
     /// section; `name` starts with `meta.` (see [`super::index::BLOB_TOKENIZER`]).
     pub fn add_blob(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
