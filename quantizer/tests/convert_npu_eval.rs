@@ -57,6 +57,8 @@ fn args(model: &Path, out: &Path, recipe: &str) -> ConvertArgs {
         damp: DEFAULT_DAMP,
         refit: false,
         hessian_weights: mixq_quantizer::convert::HessianWeights::PostNorm,
+        distill_steps: 0,
+        distill_seq_len: 256,
         threads: None,
         quiet: true,
     }

@@ -28,6 +28,8 @@ fn args(out: &Path, recipe: &str) -> ConvertArgs {
         damp: mixq_quantizer::convert::DEFAULT_DAMP,
         refit: false,
         hessian_weights: mixq_quantizer::convert::HessianWeights::PostNorm,
+        distill_steps: 0,
+        distill_seq_len: 256,
         threads: None,
         quiet: true,
     }
@@ -98,7 +100,29 @@ fn int8_and_int4_conversions_keep_paris() {
 fn compact_fits_the_tied_embedding_as_the_lm_head() {
     let dir = tmpdir("compact");
     let out = dir.join("compact.mixq");
-    let report = convert(&args(&out, "compact")).unwrap();
+    // a short distillation of the norm gains rides along: the phase runs on the real model
+    let mut a = args(&out, "compact");
+    a.distill_steps = 3;
+    a.distill_seq_len = 64;
+    let report = convert(&a).unwrap();
+    mixq_format::MixqFile::open(&out).unwrap().verify().unwrap();
+    let norms: Vec<_> = report
+        .tensors
+        .iter()
+        .filter(|t| t.name.ends_with("norm.weight"))
+        .collect();
+    assert_eq!(norms.len(), 18 * 6 + 1);
+    assert!(norms
+        .iter()
+        .all(|t| t.method == "distilled" && t.rel_rmse > 0.0 && t.rel_rmse < 0.05));
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.starts_with("norm gains distilled end to end (3 steps")),
+        "{:?}",
+        report.notes
+    );
     let emb = report
         .tensors
         .iter()

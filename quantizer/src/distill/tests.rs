@@ -152,11 +152,11 @@ fn gain_gradient_matches_finite_differences() {
     let zt = net.forward(&gt, &ids, None);
     let loss = |g: &[f32]| {
         let mut z = net.forward(g, &ids, None);
-        kl_and_grad(&mut z, &zt, c.vocab_size)
+        kl_and_grad(&mut z, &mut zt.clone(), c.vocab_size)
     };
     let mut tape = None;
     let mut z = net.forward(&g, &ids, Some(&mut tape));
-    kl_and_grad(&mut z, &zt, c.vocab_size);
+    kl_and_grad(&mut z, &mut zt.clone(), c.vocab_size);
     let grad = net.backward(&g, tape.unwrap(), z);
     let nl = NormLayout::new(&c);
     // one element of every norm
@@ -194,6 +194,36 @@ fn stored_rotation_is_undone() {
     }
 }
 
+/// The KL and its gradient against a direct f64 evaluation of `Σ p_t (log p_t - log p_s)`.
+#[test]
+fn kl_matches_its_definition() {
+    let (rows, vocab) = (3, 50);
+    let s = values(rows * vocab, 0.31, 4.0);
+    let t = values(rows * vocab, 0.17, 6.0);
+    let mut g = s.clone();
+    let kl = kl_and_grad(&mut g, &mut t.clone(), vocab);
+    let mut want = 0f64;
+    for r in 0..rows {
+        let lsm = |z: &[f32]| {
+            let lse = z.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+            z.iter().map(|&v| v as f64 - lse).collect::<Vec<f64>>()
+        };
+        let (ls, lt) = (
+            lsm(&s[r * vocab..(r + 1) * vocab]),
+            lsm(&t[r * vocab..(r + 1) * vocab]),
+        );
+        for j in 0..vocab {
+            want += lt[j].exp() * (lt[j] - ls[j]) / rows as f64;
+            let dz = (ls[j].exp() - lt[j].exp()) / rows as f64;
+            assert!(
+                (g[r * vocab + j] as f64 - dz).abs() < 1e-6,
+                "gradient [{r}][{j}]"
+            );
+        }
+    }
+    assert!((kl - want).abs() < 1e-5 * want, "{kl} vs {want}");
+}
+
 /// A few steps lower the loss against a teacher the student can reach.
 #[test]
 fn distillation_lowers_the_kl() {
@@ -206,11 +236,40 @@ fn distillation_lowers_the_kl() {
         .map(|(i, v)| v + 0.3 * ((i as f32) * 0.71).cos())
         .collect();
     let seqs = vec![vec![2u32, 7, 1, 33, 5, 9], vec![4u32, 8, 15, 16, 23, 39]];
-    let r = distill(&net, &net, &gt, g, &seqs, 40, 1e-2, &ProgressBar::hidden()).unwrap();
+    let r = distill(&net, &net, &gt, g, &seqs, 40, 1e-2, |_, _| {}).unwrap();
     assert!(
         r.kl_last < 0.5 * r.kl_first,
         "KL {} -> {}",
         r.kl_first,
         r.kl_last
     );
+}
+
+/// Where a distillation step's time goes on the real 270M (checkpoint as both teacher and
+/// student): `cargo test --release -p mixq-quantizer --lib distill_step_timing -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "timing; needs models/gemma-3-270m (make test-model)"]
+fn distill_step_timing() {
+    use std::time::Instant;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/gemma-3-270m");
+    let ckpt = mixq_format::checkpoint::HfCheckpoint::open(&dir).unwrap();
+    let (net, g) = load_net(&ckpt).unwrap();
+    let ids: Vec<u32> = (0..256).map(|i| 2 + (i * 7919) % 200_000).collect();
+    for _ in 0..2 {
+        let t = Instant::now();
+        let mut zt = net.forward(&g, &ids, None);
+        let t_teacher = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut tape = None;
+        let mut zs = net.forward(&g, &ids, Some(&mut tape));
+        let t_student = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        kl_and_grad(&mut zs, &mut zt, net.config.vocab_size);
+        let t_kl = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        net.backward(&g, tape.unwrap(), zs);
+        let t_back = t.elapsed().as_secs_f64();
+        eprintln!("teacher {t_teacher:.3} s, student {t_student:.3} s, kl {t_kl:.3} s, backward {t_back:.3} s");
+    }
 }
