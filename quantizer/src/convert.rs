@@ -628,7 +628,7 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
             quality.insert(name.clone(), q);
         }
         let line = format!(
-            "norm gains distilled end to end ({} steps of one {}-token calibration sequence, {} sequences; codes and grids unchanged): calibration KL(ref‖quant) {:.4} on the first pass, {:.4} on the last; took {:.1} s (--distill-steps 0 skips it)",
+            "norm gains distilled end to end ({} steps of one {}-token calibration sequence, {} sequences; codes and grids unchanged): calibration KL(ref‖quant) {:.4} over the first steps, {:.4} over the last; took {:.1} s (--distill-steps 0 skips it); the norms' rows give the relative change of their gains (1 + w) from the checkpoint's",
             a.distill_steps,
             a.distill_seq_len,
             seqs.len(),

@@ -28,11 +28,15 @@ pub const DEFAULT_SEQ_LEN: usize = 256;
 /// Adam's step size on the gains (`w`, the gain being `1 + w`).
 pub const DEFAULT_LR: f32 = 1e-3;
 
+/// Steps averaged for the KL before and after.
+pub const WINDOW: usize = 16;
+
 /// What the distillation did.
 pub struct Distilled {
     /// The new gains, flat in [`NormLayout`] order.
     pub gains: Vec<f32>,
-    /// Mean KL(P_ref ‖ P_quant) per token over the first and the last pass over the sequences.
+    /// Mean KL(P_ref ‖ P_quant) per token over the first and the last [`WINDOW`] steps (a
+    /// quarter of the steps when fewer): before and after, on calibration text.
     pub kl_first: f64,
     pub kl_last: f64,
     pub seconds: f64,
@@ -120,7 +124,7 @@ pub fn distill(
     let vocab = student.config.vocab_size;
     let mut g = g0;
     let mut adam = Adam::new(g.len(), lr);
-    let pass = seqs.len().min(steps);
+    let window = WINDOW.min(steps.div_ceil(4));
     let (mut first, mut last) = (0f64, 0f64);
     let mut recent = Vec::new();
     for step in 0..steps {
@@ -132,11 +136,11 @@ pub fn distill(
         drop(zt);
         let grad = student.backward(&g, tape.expect("forward kept a tape"), zs);
         adam.update(&mut g, &grad);
-        if step < pass {
-            first += kl / pass as f64;
+        if step < window {
+            first += kl / window as f64;
         }
-        if step >= steps - pass {
-            last += kl / pass as f64;
+        if step >= steps - window {
+            last += kl / window as f64;
         }
         recent.push(kl);
         if recent.len() > 16 {
