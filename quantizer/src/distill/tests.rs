@@ -236,7 +236,7 @@ fn distillation_lowers_the_kl() {
         .map(|(i, v)| v + 0.3 * ((i as f32) * 0.71).cos())
         .collect();
     let seqs = vec![vec![2u32, 7, 1, 33, 5, 9], vec![4u32, 8, 15, 16, 23, 39]];
-    let r = distill(&net, &net, &gt, g, &seqs, 40, 1e-2, |_, _| {}).unwrap();
+    let r = distill(&net, &net, &gt, g, &seqs, 80, 1e-2, |_, _| {}).unwrap();
     assert!(
         r.kl_last < 0.5 * r.kl_first,
         "KL {} -> {}",
