@@ -11,7 +11,7 @@ use super::index::Index;
 use super::index::{Header, ProfileEntry, Recipe, SectionEntry, TensorEntry};
 use super::{align_up, HEADER_LEN, MINOR_VERSION, SECTION_ALIGN, VERSION};
 use crate::config::Gemma3Config;
-use crate::profile::{Device, Plan};
+use crate::profile::{Device, Placement, Plan};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -127,28 +127,9 @@ impl MixqWriter {
 
     /// Writes tensor `name`'s stored bytes (exactly its planned length) at its final offset.
     pub fn write_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        let (i, s, written) = self
-            .tensors
-            .get_mut(name)
-            .ok_or_else(|| werr(format!("tensor `{name}` is not in the plan")))?;
-        if *written {
-            return Err(werr(format!("tensor `{name}` written twice")));
-        }
-        let pl = &self.plan.tensors[*i].1;
-        if bytes.len() as u64 != pl.length {
-            return Err(werr(format!(
-                "tensor `{name}`: {} bytes given, {} planned",
-                bytes.len(),
-                pl.length
-            )));
-        }
-        let sec = &mut self.sections[*s];
-        let at = sec.entry.offset + pl.offset;
-        self.file
-            .write_all_at(bytes, at)
-            .map_err(|e| MixqError::io(&self.tmp_path, e))?;
-        *written = true;
+        let (pl, s) = self.put(name, bytes, false)?;
         // checksum on the fly while tensors come in offset order (gaps are zero padding)
+        let sec = &mut self.sections[s];
         if !sec.reread && pl.offset >= sec.cursor {
             let gap = (pl.offset - sec.cursor) as usize;
             sec.hasher.update(&vec![0u8; gap]);
@@ -163,16 +144,28 @@ impl MixqWriter {
     /// Replaces the bytes of a tensor already written (a later phase of the converter tuned
     /// it); its section's checksum is then recomputed from the file in [`MixqWriter::finish`].
     pub fn rewrite_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let (_, s) = self.put(name, bytes, true)?;
+        self.sections[s].reread = true;
+        Ok(())
+    }
+
+    /// Checks `bytes` against `name`'s plan and whether it was written before (`again`), writes
+    /// them at the tensor's offset and marks it written; returns its placement and section.
+    fn put(&mut self, name: &str, bytes: &[u8], again: bool) -> Result<(Placement, usize)> {
         let (i, s, written) = self
             .tensors
-            .get(name)
+            .get_mut(name)
             .ok_or_else(|| werr(format!("tensor `{name}` is not in the plan")))?;
-        if !*written {
-            return Err(werr(format!(
-                "tensor `{name}` rewritten before it was written"
-            )));
+        match (*written, again) {
+            (true, false) => return Err(werr(format!("tensor `{name}` written twice"))),
+            (false, true) => {
+                return Err(werr(format!(
+                    "tensor `{name}` rewritten before it was written"
+                )))
+            }
+            _ => {}
         }
-        let pl = &self.plan.tensors[*i].1;
+        let pl = self.plan.tensors[*i].1.clone();
         if bytes.len() as u64 != pl.length {
             return Err(werr(format!(
                 "tensor `{name}`: {} bytes given, {} planned",
@@ -180,12 +173,12 @@ impl MixqWriter {
                 pl.length
             )));
         }
-        let sec = &mut self.sections[*s];
+        let s = *s;
         self.file
-            .write_all_at(bytes, sec.entry.offset + pl.offset)
+            .write_all_at(bytes, self.sections[s].entry.offset + pl.offset)
             .map_err(|e| MixqError::io(&self.tmp_path, e))?;
-        sec.reread = true;
-        Ok(())
+        *written = true;
+        Ok((pl, s))
     }
 
     /// Appends a blob (tokenizer.json, calibration summary, quality report, ...) as its own

@@ -105,6 +105,14 @@ impl WeightStore for MemStore {
     }
 }
 
+/// The teacher of the tests: the same model with other gains.
+fn teacher_gains(g: &[f32]) -> Vec<f32> {
+    g.iter()
+        .enumerate()
+        .map(|(i, v)| v + 0.3 * ((i as f32) * 0.71).cos())
+        .collect()
+}
+
 /// The distillation's forward is the runtime's: same logits on a random tiny model, with a
 /// sliding window shorter than the sequence.
 #[test]
@@ -142,12 +150,7 @@ fn gain_gradient_matches_finite_differences() {
     let c = tiny_config(3, true);
     let t = tiny_tensors(&c);
     let (net, g) = tiny_net(&c, &t);
-    // the teacher: the same model with other gains
-    let gt: Vec<f32> = g
-        .iter()
-        .enumerate()
-        .map(|(i, v)| v + 0.3 * ((i as f32) * 0.71).cos())
-        .collect();
+    let gt = teacher_gains(&g);
     let ids: Vec<u32> = vec![2, 7, 1, 33, 5, 9];
     let zt = net.forward(&gt, &ids, None);
     let loss = |g: &[f32]| {
@@ -230,11 +233,7 @@ fn distillation_lowers_the_kl() {
     let c = tiny_config(3, false);
     let t = tiny_tensors(&c);
     let (net, g) = tiny_net(&c, &t);
-    let gt: Vec<f32> = g
-        .iter()
-        .enumerate()
-        .map(|(i, v)| v + 0.3 * ((i as f32) * 0.71).cos())
-        .collect();
+    let gt = teacher_gains(&g);
     let seqs = vec![vec![2u32, 7, 1, 33, 5, 9], vec![4u32, 8, 15, 16, 23, 39]];
     let r = distill(&net, &net, &gt, g, &seqs, 80, 1e-2, |_, _| {}).unwrap();
     assert!(
