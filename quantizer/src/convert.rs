@@ -144,6 +144,9 @@ pub struct ConvertArgs {
     /// Tokens per distillation sequence (each from <bos>, spread over the calibration text).
     #[arg(long, value_name = "N", default_value_t = distill::DEFAULT_SEQ_LEN)]
     pub distill_seq_len: usize,
+    /// Adam's step size for the norm gains' distillation.
+    #[arg(long, value_name = "LR", default_value_t = distill::DEFAULT_LR)]
+    pub distill_lr: f32,
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -286,9 +289,22 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
                 "calib_sampling": calib.sampling.name(),
                 "distill_steps": a.distill_steps,
                 "distill_seq_len": a.distill_seq_len,
+                "distill_lr": a.distill_lr,
             }),
         },
     };
+    if !(a.distill_lr.is_finite() && a.distill_lr > 0.0) {
+        bail!(
+            "--distill-lr {}: expected a positive step size, e.g. 1e-3",
+            a.distill_lr
+        );
+    }
+    if a.distill_steps > 0 && a.distill_seq_len < 2 {
+        bail!(
+            "--distill-seq-len {}: a sequence needs at least 2 tokens",
+            a.distill_seq_len
+        );
+    }
     if let Some(dir) = a.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
             bail!("output directory {} does not exist", dir.display());
@@ -598,7 +614,7 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
             g0,
             &seqs,
             a.distill_steps,
-            distill::DEFAULT_LR,
+            a.distill_lr,
             |step, kl| {
                 bar.set_message(format!("KL {kl:.4}"));
                 bar.inc(1);

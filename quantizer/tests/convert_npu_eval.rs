@@ -59,6 +59,7 @@ fn args(model: &Path, out: &Path, recipe: &str) -> ConvertArgs {
         hessian_weights: mixq_quantizer::convert::HessianWeights::PostNorm,
         distill_steps: 0,
         distill_seq_len: 256,
+        distill_lr: mixq_quantizer::distill::DEFAULT_LR,
         threads: None,
         quiet: true,
     }

@@ -30,6 +30,7 @@ fn args(out: &Path, recipe: &str) -> ConvertArgs {
         hessian_weights: mixq_quantizer::convert::HessianWeights::PostNorm,
         distill_steps: 0,
         distill_seq_len: 256,
+        distill_lr: mixq_quantizer::distill::DEFAULT_LR,
         threads: None,
         quiet: true,
     }
@@ -182,6 +183,10 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
     let mut a = args(&out, "optimal");
     a.profile = "tpu".into();
     assert!(err(a).contains("phoenix, gpu, cpu"));
+
+    let mut a = args(&out, "optimal");
+    a.distill_lr = 0.0;
+    assert!(err(a).contains("--distill-lr 0: expected a positive step size"));
 
     assert!(!out.exists() && !dir.join("x.mixq.tmp").exists());
     std::fs::remove_dir_all(&dir).unwrap();
