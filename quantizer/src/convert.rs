@@ -644,12 +644,13 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
             quality.insert(name.clone(), q);
         }
         let line = format!(
-            "norm gains distilled end to end ({} steps of one {}-token calibration sequence, {} sequences; codes and grids unchanged): calibration KL(ref‖quant) {:.4} over the first steps, {:.4} over the last; took {:.1} s (--distill-steps 0 skips it); the norms' rows give the relative change of their gains (1 + w) from the checkpoint's",
+            "norm gains distilled end to end ({} steps of one {}-token calibration sequence, {} sequences; codes and grids unchanged): KL(ref‖quant) on {} of those calibration sequences {:.4} before, {:.4} after; took {:.1} s (--distill-steps 0 skips it); the norms' rows give the relative change of their gains (1 + w) from the checkpoint's",
             a.distill_steps,
             a.distill_seq_len,
             seqs.len(),
-            r.kl_first,
-            r.kl_last,
+            distill::PROBE.min(seqs.len()),
+            r.kl_before,
+            r.kl_after,
             r.seconds
         );
         bars.log(line.clone());

@@ -28,17 +28,17 @@ pub const DEFAULT_SEQ_LEN: usize = 256;
 /// Adam's step size on the gains (`w`, the gain being `1 + w`).
 pub const DEFAULT_LR: f32 = 1e-3;
 
-/// Steps averaged for the KL before and after.
-pub const WINDOW: usize = 16;
+/// Sequences on which the KL is measured before and after (the same ones both times).
+pub const PROBE: usize = 4;
 
 /// What the distillation did.
 pub struct Distilled {
     /// The new gains, flat in [`NormLayout`] order.
     pub gains: Vec<f32>,
-    /// Mean KL(P_ref ‖ P_quant) per token over the first and the last [`WINDOW`] steps (a
-    /// quarter of the steps when fewer): before and after, on calibration text.
-    pub kl_first: f64,
-    pub kl_last: f64,
+    /// Mean KL(P_ref ‖ P_quant) per token on the first [`PROBE`] sequences (calibration text),
+    /// under the gains before and after.
+    pub kl_before: f64,
+    pub kl_after: f64,
     pub seconds: f64,
 }
 
@@ -122,10 +122,21 @@ pub fn distill(
     }
     let t0 = Instant::now();
     let vocab = student.config.vocab_size;
+    let probe = &seqs[..seqs.len().min(PROBE)];
+    let kl_on = |g: &[f32]| {
+        let kl: f64 = probe
+            .iter()
+            .map(|ids| {
+                let mut zt = teacher.forward(teacher_g, ids, None);
+                let mut zs = student.forward(g, ids, None);
+                kl_and_grad(&mut zs, &mut zt, vocab)
+            })
+            .sum();
+        kl / probe.len() as f64
+    };
+    let kl_before = kl_on(&g0);
     let mut g = g0;
     let mut adam = Adam::new(g.len(), lr);
-    let window = WINDOW.min(steps.div_ceil(4));
-    let (mut first, mut last) = (0f64, 0f64);
     let mut recent = Vec::new();
     for step in 0..steps {
         let ids = &seqs[step % seqs.len()];
@@ -136,22 +147,17 @@ pub fn distill(
         drop(zt);
         let grad = student.backward(&g, tape.expect("forward kept a tape"), zs);
         adam.update(&mut g, &grad);
-        if step < window {
-            first += kl / window as f64;
-        }
-        if step >= steps - window {
-            last += kl / window as f64;
-        }
         recent.push(kl);
         if recent.len() > 16 {
             recent.remove(0);
         }
         on_step(step + 1, recent.iter().sum::<f64>() / recent.len() as f64);
     }
+    let kl_after = kl_on(&g);
     Ok(Distilled {
         gains: g,
-        kl_first: first,
-        kl_last: last,
+        kl_before,
+        kl_after,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }

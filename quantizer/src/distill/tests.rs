@@ -237,10 +237,10 @@ fn distillation_lowers_the_kl() {
     let seqs = vec![vec![2u32, 7, 1, 33, 5, 9], vec![4u32, 8, 15, 16, 23, 39]];
     let r = distill(&net, &net, &gt, g, &seqs, 80, 1e-2, |_, _| {}).unwrap();
     assert!(
-        r.kl_last < 0.5 * r.kl_first,
+        r.kl_after < 0.5 * r.kl_before,
         "KL {} -> {}",
-        r.kl_first,
-        r.kl_last
+        r.kl_before,
+        r.kl_after
     );
 }
 
