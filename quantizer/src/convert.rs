@@ -295,7 +295,7 @@ pub fn convert(a: &ConvertArgs) -> Result<QualityReport> {
     };
     if !(a.distill_lr.is_finite() && a.distill_lr > 0.0) {
         bail!(
-            "--distill-lr {}: expected a positive step size, e.g. 1e-3",
+            "--distill-lr {}: expected a positive step size, e.g. 2e-3",
             a.distill_lr
         );
     }

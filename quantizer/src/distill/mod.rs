@@ -25,8 +25,9 @@ use std::time::Instant;
 pub const DEFAULT_STEPS: usize = 64;
 /// Tokens per distillation sequence.
 pub const DEFAULT_SEQ_LEN: usize = 256;
-/// Adam's step size on the gains (`w`, the gain being `1 + w`).
-pub const DEFAULT_LR: f32 = 1e-3;
+/// Adam's step size on the gains (`w`, the gain being `1 + w`): at 64 steps, 2e-3 reached the
+/// KL that 1e-3 needed 128 steps for (0.329 against 0.333 at 1e-3, 270M `optimal`).
+pub const DEFAULT_LR: f32 = 2e-3;
 
 /// Sequences on which the KL is measured before and after (the same ones both times).
 pub const PROBE: usize = 4;
