@@ -246,15 +246,13 @@ impl Net {
         let mut dx = rms_norm_back(&tape.x_final, &g[nl.last()], &dh, eps, &mut dg[nl.last()]);
         for (i, (l, lt)) in self.layers.iter().zip(tape.layers).enumerate().rev() {
             let (attn, rope) = self.attn_of(l.kind, t);
-            let mut gsplit = |k: usize, x: &[f32], dy: &[f32]| {
+            // backward of norm k of this layer: its input gradient; its gain gradient into dg
+            let mut norm_back = |k: usize, x: &[f32], dy: &[f32]| {
                 let r = nl.layer(i, k);
-                let mut dgk = vec![0f32; r.len()];
-                let out = rms_norm_back(x, &g[r.clone()], dy, eps, &mut dgk);
-                dg[r].iter_mut().zip(dgk).for_each(|(a, b)| *a += b);
-                out
+                rms_norm_back(x, &g[r.clone()], dy, eps, &mut dg[r])
             };
             // x_out = x_mid + norm5(fb)
-            let dfb = gsplit(5, &lt.fb, &dx);
+            let dfb = norm_back(5, &lt.fb, &dx);
             let inter = l.down.cols;
             let mut dhdn = vec![0f32; t * inter];
             l.down.back(&dfb, t, &mut dhdn, false);
@@ -273,21 +271,21 @@ impl Net {
             l.gate.back(&dgt, t, &mut df, false);
             l.up.back(&dup, t, &mut df, true);
             // x_mid = x_in + norm3(ob); f = norm4(x_mid)
-            let dxm = gsplit(4, &lt.x_mid, &df);
+            let dxm = norm_back(4, &lt.x_mid, &df);
             dx.iter_mut().zip(dxm).for_each(|(a, b)| *a += b);
-            let dob = gsplit(3, &lt.ob, &dx);
+            let dob = norm_back(3, &lt.ob, &dx);
             let mut do_ = vec![0f32; t * l.o.cols];
             l.o.back(&dob, t, &mut do_, false);
             let (mut dqr, mut dkr, dv) = attn.backward(&lt.qr, &lt.kr, &lt.v, &lt.p, &do_);
             rope.apply(&mut dqr, heads, true);
             rope.apply(&mut dkr, kvh, true);
-            let dq = gsplit(1, &lt.q_raw, &dqr);
-            let dk = gsplit(2, &lt.k_raw, &dkr);
+            let dq = norm_back(1, &lt.q_raw, &dqr);
+            let dk = norm_back(2, &lt.k_raw, &dkr);
             let mut da = vec![0f32; t * d];
             l.q.back(&dq, t, &mut da, false);
             l.k.back(&dk, t, &mut da, true);
             l.v.back(&dv, t, &mut da, true);
-            let dxi = gsplit(0, &lt.x_in, &da);
+            let dxi = norm_back(0, &lt.x_in, &da);
             dx.iter_mut().zip(dxi).for_each(|(a, b)| *a += b);
         }
         dg
