@@ -11,8 +11,8 @@
 pub mod model;
 pub mod ops;
 
+use crate::search::dequantize_rows;
 use anyhow::{bail, Context, Result};
-use mixq_format::quant::dequantize_row;
 use mixq_format::quant::hadamard::{apply_hadamard_with_signs, hadamard_signs, Transform};
 use mixq_format::Gemma3Config;
 use mixq_runtime::weights::WeightStore;
@@ -212,10 +212,7 @@ pub fn lin_from_stored(
     if bytes.len() != rows * rb {
         bail!("{} bytes for {rows} x {cols} {}", bytes.len(), qtype.name());
     }
-    let mut w = vec![0f32; rows * cols];
-    w.par_chunks_mut(cols)
-        .zip(bytes.par_chunks(rb))
-        .try_for_each(|(out, row)| dequantize_row(qtype, row, out))?;
+    let mut w = dequantize_rows(qtype, bytes, rows, cols)?;
     if let Transform::BlockHadamard { block, seed } = tr {
         // H = S·B with B symmetric: Hᵀ = B·S, so a row times Hᵀ is (row·B) ⊙ s
         let signs = hadamard_signs(cols, seed);
